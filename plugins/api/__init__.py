@@ -1,0 +1,78 @@
+"""The generic API channel: integrations POST normalised JSON messages and receive answers as signed webhooks."""
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from plugins.api.parse import CHANNEL, InvalidPayload, parse_message
+from plugins.api.transport import post_webhook
+from router import hookimpl
+from router.channels import Channel
+from router.core.model import DeliveryResult, IngestOutcome
+from router.stash import StashKey
+from router.web.api import require_integration
+from router.web.errors import HTTPProblem
+
+HTTP_SESSION = StashKey[aiohttp.ClientSession]()
+
+
+@hookimpl
+def switchboard_register_channels(registry, config):
+    with_webhook = frozenset(i.name for i in config.integrations if i.webhook is not None)
+    registry.add(
+        Channel(
+            name=CHANNEL,
+            title="API",
+            description="Messages POSTed by integrations; answers go back as signed webhooks",
+            outbound=lambda account: account in with_webhook,
+        )
+    )
+
+
+@hookimpl
+def switchboard_web_routes(switchboard):
+    async def post_message(request: web.Request) -> web.Response:
+        integration = require_integration(request, "ingest")
+        if request.content_type != "application/json":
+            raise HTTPProblem(415, "unsupported_media_type", "send the message as Content-Type: application/json")
+        body = await request.read()  # aiohttp answers 413 past server.max_body_bytes
+        try:
+            message = parse_message(body, integration)
+        except InvalidPayload as exc:
+            switchboard.metrics.rejected.labels(CHANNEL, "invalid").inc()
+            raise HTTPProblem(400, "invalid_message", str(exc), fields=exc.problems) from None
+        result = await switchboard.dispatcher.ingest(message)
+        status = 200 if result.outcome is IngestOutcome.DUPLICATE else 202
+        return web.json_response(
+            {
+                "outcome": result.outcome.value,
+                "case": {"ref": result.case.ref, "id": result.case.id, "status": result.case.status.value},
+                "message_id": result.message_id,
+            },
+            status=status,
+        )
+
+    return [web.post("/api/v1/messages", post_message)]
+
+
+@hookimpl
+def switchboard_startup(switchboard):
+    switchboard.stash[HTTP_SESSION] = aiohttp.ClientSession()
+
+
+@hookimpl
+async def switchboard_shutdown(switchboard):
+    session = switchboard.stash.pop(HTTP_SESSION)
+    if session is not None:
+        await session.close()
+
+
+@hookimpl
+def switchboard_deliver(outbound, switchboard):
+    if outbound.channel != CHANNEL:
+        return None
+    integration = switchboard.integration(outbound.account)
+    if integration is None:
+        return DeliveryResult.permanent(f"no integration named {outbound.account!r} any more")
+    session = switchboard.stash.setdefault(HTTP_SESSION, aiohttp.ClientSession)
+    return post_webhook(session, integration, outbound)

@@ -1,0 +1,124 @@
+"""The Switchboard runtime: one per application, holding config, plugins, store, dispatcher, outbox and scheduler."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+from pathlib import Path
+from datetime import datetime
+from typing import Iterable, Iterator
+
+import pluggy
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from router.config import Config, IntegrationConfig
+from router.core.clock import Clock, ManualClock
+from router.core.dispatcher import Dispatcher
+from router.core.model import Event
+from router.core.outbox import Outbox
+from router.core.store import Store, make_store
+from router.metrics import Metrics
+from router.plugins import Hooks, build_plugin_manager
+from router.stash import Stash
+
+log = logging.getLogger(__name__)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class Switchboard:
+    """Everything a running deployment is made of. Plugins receive it in hooks; it is their way into the core."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        data_dir: str | Path = "data",
+        plugin_manager: pluggy.PluginManager | None = None,
+        store: Store | None = None,
+        clock: Clock | None = None,
+    ):
+        self.config = config
+        self.data_dir = Path(data_dir)
+        self.clock = clock or Clock()
+        self.pm = plugin_manager or build_plugin_manager(config.blocked_plugins)
+        self.hooks = Hooks(self.pm)
+        self.hooks.configure(config=config)
+        self.channels = self.hooks.register_channels(config=config)
+        self.store = store or make_store(config, self.data_dir)
+        self.metrics = Metrics()
+        self.stash = Stash()
+        self.dispatcher = Dispatcher(self)
+        self.outbox = Outbox(self)
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        # Integration tokens are compared by their SHA-256, so lookups do not leak timing about the token.
+        self._integrations = {_digest(i.token.get()): i for i in config.integrations}
+        self.started = False
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    async def start(self, *, background: bool = True) -> None:
+        """Open the store, then start plugins; with `background`, also the outbox worker and scheduled jobs.
+
+        If any step fails, what was already started is stopped again before the error propagates.
+        """
+        await self.store.open()
+        try:
+            await self.hooks.startup(switchboard=self)
+            if background:  # jobs start after every plugin's start-up, so they find what it opened
+                for job in self.hooks.scheduled_jobs(switchboard=self):
+                    self.scheduler.add_job(
+                        job.func, "interval", seconds=job.every.total_seconds(), id=job.id, kwargs=job.kwargs,
+                        max_instances=1, coalesce=True,
+                        next_run_time=self.clock.now() if job.run_at_start else None,
+                    )
+                self.scheduler.start()
+        except BaseException:
+            await self.hooks.shutdown(switchboard=self)
+            if self.scheduler.running:
+                self.scheduler.shutdown(wait=False)
+            await self.store.close()
+            raise
+        if background:
+            self.outbox.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        await self.outbox.stop()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        await self.hooks.shutdown(switchboard=self)
+        await self.store.close()
+        self.started = False
+
+    # -- services for plugins and the web layer --------------------------------------------------------------
+    @contextlib.contextmanager
+    def clock_at(self, when: datetime) -> Iterator[None]:
+        """Evaluate as if it were `when` (dry runs and routing tests); the real clock comes back afterwards."""
+        real = self.clock
+        self.clock = ManualClock(when)
+        try:
+            yield
+        finally:
+            self.clock = real
+
+    def integration_for_token(self, token: str | None) -> IntegrationConfig | None:
+        if not token:
+            return None
+        digest = _digest(token)
+        for known, integration in self._integrations.items():
+            if hmac.compare_digest(known, digest):
+                return integration
+        return None
+
+    def integration(self, name: str) -> IntegrationConfig | None:
+        return next((i for i in self.config.integrations if i.name == name), None)
+
+    async def after_write(self, events: Iterable[Event], *, wake_outbox: bool = False) -> None:
+        """Tell observers what a committed write did, and wake the outbox if it has something new."""
+        if wake_outbox:
+            self.outbox.wake()
+        for event in events:
+            await self.hooks.case_event(event=event, switchboard=self)

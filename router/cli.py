@@ -1,0 +1,188 @@
+"""The `switchboard` command: run a deployment, check its configuration, list its plugins."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from router import __version__
+from router.channels import StartupError
+from router.config import ConfigError, load_config
+
+DEFAULT_CONFIG = os.environ.get("SWITCHBOARD_CONFIG", "config")
+DEFAULT_DATA = os.environ.get("SWITCHBOARD_DATA", "data")
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchboard",
+        description="Switchboard routes customer messages from every channel into cases and on to the right agents.",
+        epilog="Each command takes --config DIR (default: $SWITCHBOARD_CONFIG or ./config). "
+        "Docs: docs/configuration.md (operators), docs/hooks.md (plugin authors), docs/api.md (HTTP API).",
+    )
+    parser.add_argument("--version", action="version", version=f"switchboard {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", "-c", default=DEFAULT_CONFIG, metavar="DIR", help="configuration folder")
+        return p
+
+    run = with_config(commands.add_parser(
+        "run", help="start the router (HTTP API, webhooks, scheduler)",
+        description="Start Switchboard: opens the store (SQLite under --data by default), mounts every plugin's "
+        "routes and jobs, and serves HTTP until interrupted.",
+    ))
+    run.add_argument("--data", "-d", default=DEFAULT_DATA, metavar="DIR", help="where the embedded database lives")
+    run.add_argument("--host", help="listen address (default: server.host in the config)")
+    run.add_argument("--port", type=int, help="listen port (default: server.port in the config)")
+    run.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                     help="default: $SWITCHBOARD_LOG or INFO")
+
+    with_config(commands.add_parser(
+        "check", help="validate a configuration folder",
+        description="Load and validate every YAML file of a configuration folder, the plugins' sections included. "
+        "Exits 1 and names file, key and fix for each problem.",
+    ))
+    route = with_config(commands.add_parser(
+        "route", help="show where a message would go, without touching any state",
+        description="Classify and route a message (a JSON file in the shape of an inbound message; channel and "
+        "external_id may be left out) against the configuration, and print the route and why. Nothing is stored.",
+    ))
+    route.add_argument("--dry-run", action="store_true", required=True,
+                       help="required: routing here never changes anything")
+    route.add_argument("message", metavar="MESSAGE.json", help="the message, or - for standard input")
+    route.add_argument("--at", metavar="ISO-TIME", help="route as if it were this time (business hours)")
+
+    with_config(commands.add_parser(
+        "plugins", help="list loaded plugins, their versions and hooks",
+        description="List every plugin Switchboard would load with this configuration: built-ins first, then "
+        "third-party plugins from the 'switchboard' entry-point group, with the hooks each implements.",
+    ))
+    return parser
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from router.app import Switchboard
+
+    config = load_config(args.config)
+    sb = Switchboard(config, data_dir=DEFAULT_DATA)  # runs every plugin's configure and channel registration
+    from router.core.dryrun import run_routing_tests
+
+    files = sorted(set(config._sources.values()))
+    tests_dir = Path(args.config) / "tests"
+    count, failures = run_routing_tests(sb, tests_dir) if tests_dir.is_dir() else (0, [])
+    if failures:
+        print(f"{args.config}: {len(failures)} of {count} routing tests failed:", file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK ({len(files)} file{'s' * (len(files) != 1)}: {', '.join(files)})")
+    print(f"  store: {config.store.backend}; channels: {', '.join(sb.channels.names())}; "
+          f"integrations: {', '.join(i.name for i in config.integrations) or 'none'}")
+    print(f"  lines: {len(config.lines)}, teams: {len(config.teams)}, rules: {len(config.routing.rules)}, "
+          f"agents: {len(config.agents)}; routing tests: {count} passed")
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    import json
+    from datetime import datetime, timezone
+
+    from router.app import Switchboard
+    from router.core.dryrun import dry_route, message_from
+
+    config = load_config(args.config)
+    sb = Switchboard(config, data_dir=DEFAULT_DATA)
+    raw = sys.stdin.read() if args.message == "-" else Path(args.message).read_text(encoding="utf-8")
+    try:
+        message = message_from(json.loads(raw))
+        at = datetime.fromisoformat(args.at).astimezone(timezone.utc) if args.at else None
+    except ValueError as exc:  # JSON, validation and time errors alike
+        print(f"{args.message}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    result = dry_route(sb, message, at)
+    route = result.route
+    print(f"line {route.line or '-'}  team {route.team or '-'}  tier {route.tier}  priority {route.priority}"
+          f"{'  SAFETY LANE' if route.safety_lane else ''}")
+    print(f"rule: {route.rule}")
+    for reason in route.reasons:
+        print(f"  because {reason}")
+    print(f"labels: {json.dumps(result.labels, ensure_ascii=False)}")
+    print(f"skills required: {', '.join(route.required_skills) or 'none'}; "
+          f"preferred: {', '.join(route.preferred_skills) or 'none'}")
+    print(f"SLA policy: {route.sla_policy or 'none'}; escalation: {route.escalation or 'none'}")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from router.plugins import build_plugin_manager, describe_plugins
+
+    config = load_config(args.config)
+    pm = build_plugin_manager(config.blocked_plugins)
+    rows = describe_plugins(pm)
+    width = max(len(r.name) for r in rows)
+    for row in rows:
+        print(f"{row.name:<{width}}  {row.version:<10} {row.source}")
+        print(f"{'':<{width}}  hooks: {', '.join(h.removeprefix('switchboard_') for h in row.hooks)}")
+    blocked = sorted(name for name, plugin in pm.list_name_plugin() if plugin is None)
+    if blocked:
+        print(f"blocked: {', '.join(blocked)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from router.app import Switchboard
+    from router.web.app import create_app
+
+    level = args.log_level or os.environ.get("SWITCHBOARD_LOG", "INFO").upper()
+    if level not in LOG_LEVELS:
+        print(f"SWITCHBOARD_LOG={level!r} is not one of {', '.join(LOG_LEVELS)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    config = load_config(args.config)
+    data_dir = Path(args.data)
+    sb = Switchboard(config, data_dir=data_dir)
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    where = f"SQLite at {data_dir / config.store.sqlite.path}" if config.store.backend == "sqlite" else "PostgreSQL"
+
+    def banner(_text: str) -> None:
+        print(f"Switchboard {__version__} on http://{host}:{port} ({where})", flush=True)
+        print(f"  channels: {', '.join(sb.channels.names())}", flush=True)
+        for integration in config.integrations:
+            print(f"  integration {integration.name}: token from ${integration.token.env}, "
+                  f"scopes {', '.join(integration.scopes)}", flush=True)
+        print("  POST /api/v1/messages to open a case; Ctrl+C to stop", flush=True)
+
+    web.run_app(create_app(sb), host=host, port=port, print=banner, access_log=None,
+                handle_signals=True, shutdown_timeout=10)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handler = {"run": cmd_run, "check": cmd_check, "plugins": cmd_plugins, "route": cmd_route}[args.command]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"configuration problems in {getattr(args, 'config', '?')}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    except StartupError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Operator configuration: YAML files in a directory, validated into typed objects before anything starts."""
+from __future__ import annotations
+
+import os
+import re
+import string
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from router.config_base import MAIN_FILE, ConfigError, Duration, Model, Secret, parse_duration
+from router.routing_config import (
+    AgentConfig,
+    CalendarConfig,
+    ClassificationConfig,
+    EscalationPolicyConfig,
+    LineConfig,
+    OffersConfig,
+    RoutingConfig,
+    SlaPolicyConfig,
+    TeamConfig,
+)
+
+class InstanceConfig(Model):
+    name: str = "Switchboard"
+    case_ref_prefix: str = Field(default="SB", pattern=r"^[A-Z]{1,8}$")
+    default_region: str = Field(default="US", pattern=r"^[A-Z]{2}$", description="for phone numbers without +")
+    default_language: str = "en"
+    languages: list[str] = Field(default_factory=lambda: ["en", "it", "ru", "uz"], min_length=1)
+    roles: list[str] = Field(default_factory=lambda: ["poster", "tasker", "courier", "partner"], min_length=1)
+
+    @model_validator(mode="after")
+    def _default_language_known(self) -> "InstanceConfig":
+        if self.default_language not in self.languages:
+            raise ValueError(f"default_language {self.default_language!r} is not in languages {self.languages}")
+        return self
+
+
+class ServerConfig(Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="larger requests get 413")
+
+
+class SqliteConfig(Model):
+    path: str = "switchboard.db"
+    busy_timeout_ms: int = Field(default=5000, ge=0)
+    max_batch: int = Field(default=256, ge=1, le=10_000, description="messages committed together at most")
+
+
+class PostgresConfig(Model):
+    dsn: Secret
+    min_connections: int = Field(default=2, ge=1)
+    max_connections: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> "PostgresConfig":
+        if self.min_connections > self.max_connections:
+            raise ValueError(f"min_connections ({self.min_connections}) exceeds max_connections ({self.max_connections})")
+        return self
+
+
+class StoreConfig(Model):
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    sqlite: SqliteConfig = Field(default_factory=SqliteConfig)
+    postgres: PostgresConfig | None = None
+
+    @model_validator(mode="after")
+    def _postgres_needs_dsn(self) -> "StoreConfig":
+        if self.backend == "postgres" and self.postgres is None:
+            raise ValueError("backend is postgres but store.postgres.dsn is not set")
+        return self
+
+
+class ThreadingConfig(Model):
+    reopen_window: Duration = timedelta(hours=72)
+    attach_to_open_case: Literal["any_channel", "same_channel", "never"] = "any_channel"
+
+
+TEMPLATE_FIELDS = frozenset({"ref", "name", "instance"})
+DEFAULT_TEMPLATES: dict[str, dict[str, str]] = {
+    "new_case": {
+        "en": "Thanks for contacting {instance}. Your case reference is {ref}; we will answer here as soon as we can.",
+        "it": "Grazie per aver contattato {instance}. Il riferimento della tua richiesta è {ref}; "
+        "ti risponderemo qui al più presto.",
+        "ru": "Спасибо за обращение в {instance}. Номер вашего обращения: {ref}. Мы ответим здесь как можно скорее.",
+        "uz": "{instance} bilan bog'langaningiz uchun rahmat. Murojaatingiz raqami: {ref}. "
+        "Tez orada shu yerda javob beramiz.",
+    },
+    "reopened": {
+        "en": "Your case {ref} has been reopened; we will get back to you here.",
+        "it": "La tua richiesta {ref} è stata riaperta; ti risponderemo qui.",
+        "ru": "Ваше обращение {ref} снова открыто; мы ответим вам здесь.",
+        "uz": "{ref} raqamli murojaatingiz qayta ochildi; sizga shu yerda javob beramiz.",
+    },
+}
+
+
+def _merge_templates(value: Any) -> Any:
+    """Operators override single texts; every other kind and language keeps its built-in text."""
+    if not isinstance(value, dict):
+        return value
+    merged = {kind: dict(texts) for kind, texts in DEFAULT_TEMPLATES.items()}
+    for kind, texts in value.items():
+        if isinstance(texts, dict) and kind in merged:
+            merged[kind].update(texts)
+        else:
+            merged[kind] = texts
+    return merged
+
+
+class AcknowledgementConfig(Model):
+    enabled: bool = True
+    templates: Annotated[dict[Literal["new_case", "reopened"], dict[str, str]], BeforeValidator(_merge_templates)] = (
+        Field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_TEMPLATES.items()})
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _known_fields(cls, templates: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for kind, by_language in templates.items():
+            for language, text in by_language.items():
+                try:
+                    fields = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+                except ValueError as exc:
+                    raise ValueError(f"{kind}.{language}: {exc}; write literal braces as {{{{ and }}}}") from None
+                unknown = sorted(set(fields) - TEMPLATE_FIELDS)
+                if unknown:
+                    raise ValueError(
+                        f"{kind}.{language}: unknown placeholder(s) {unknown}; use {sorted(TEMPLATE_FIELDS)}"
+                    )
+        return templates
+
+
+class OutboxConfig(Model):
+    max_attempts: int = Field(default=8, ge=1)
+    backoff_base: Duration = timedelta(seconds=5)
+    backoff_max: Duration = timedelta(hours=1)
+    batch: int = Field(default=50, ge=1)
+    lease: Duration = timedelta(minutes=2)
+    poll_interval: Duration = timedelta(seconds=5)
+
+
+class WebhookConfig(Model):
+    url: str = Field(pattern=r"^https?://")
+    secret: Secret
+    timeout: Duration = timedelta(seconds=10)
+
+
+class IntegrationConfig(Model):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
+    token: Secret
+    scopes: list[Literal["ingest", "read"]] = Field(default_factory=lambda: ["ingest"])
+    trusted: bool = Field(default=False, description="may link identities and assert the sender's role")
+    webhook: WebhookConfig | None = None
+
+
+class Config(Model):
+    instance: InstanceConfig = Field(default_factory=InstanceConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    threading: ThreadingConfig = Field(default_factory=ThreadingConfig)
+    acknowledgements: AcknowledgementConfig = Field(default_factory=AcknowledgementConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    integrations: list[IntegrationConfig] = Field(default_factory=list)
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    blocked_plugins: list[str] = Field(default_factory=list)
+    # routing and assignment (router/routing_config.py)
+    tiers: list[str] = Field(default_factory=lambda: ["L1", "L2", "L3"], min_length=1)
+    skills: list[str] = Field(default_factory=list, description="free-form skills agents may have")
+    calendars: dict[str, CalendarConfig] = Field(default_factory=dict)
+    lines: dict[str, LineConfig] = Field(default_factory=dict)
+    teams: dict[str, TeamConfig] = Field(default_factory=dict)
+    sla_policies: dict[str, SlaPolicyConfig] = Field(default_factory=dict)
+    escalation_policies: dict[str, EscalationPolicyConfig] = Field(default_factory=dict)
+    offers: OffersConfig = Field(default_factory=OffersConfig)
+    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    agents: list[AgentConfig] = Field(default_factory=list)
+
+    # Where the configuration was read from: the folder, and which file holds each top-level key.
+    _directory: Path | None = PrivateAttr(default=None)
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def directory(self) -> Path | None:
+        return self._directory
+
+    def source_of(self, key: str) -> str:
+        return self._sources.get(key, MAIN_FILE)
+
+    @field_validator("integrations")
+    @classmethod
+    def _unique_integrations(cls, integrations: list[IntegrationConfig]) -> list[IntegrationConfig]:
+        names = [i.name for i in integrations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate names {dupes}")
+        tokens = [i.token.get() for i in integrations]
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("two integrations share a token; give each its own")
+        return integrations
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        # Model-level problems start with the key path they concern, so the loader can name the right file.
+        for kind, by_language in self.acknowledgements.templates.items():
+            missing = [lang for lang in self.instance.languages if lang not in by_language]
+            if missing:
+                raise ValueError(f"acknowledgements.templates.{kind}: no text for languages {missing}")
+        from router.core.references import check_references
+
+        problems = check_references(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{path.name}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path.name}: not UTF-8 text ({exc.reason})"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path.name}: the top level must be a mapping of keys, not {type(data).__name__}"])
+    return data
+
+
+def load_config(directory: str | os.PathLike[str]) -> Config:
+    """Read every *.yaml file at the top of `directory`, merge their top-level keys and validate."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise ConfigError([f"{root}: not a directory; pass the folder that holds {MAIN_FILE}"])
+    if not (root / MAIN_FILE).is_file():
+        raise ConfigError([f"{root}: no {MAIN_FILE}; every deployment has one (copy config/ as a start)"])
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    problems: list[str] = []
+    # The main file first, so that a key repeated elsewhere is reported against the other file.
+    for path in sorted(root.glob("*.yaml"), key=lambda p: (p.name != MAIN_FILE, p.name)):
+        try:
+            data = _read_yaml(path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        for key, value in data.items():
+            if key in sources:
+                problems.append(f"{path.name}: {key}: already defined in {sources[key]}; keep it in one file")
+                continue
+            merged[key] = value
+            sources[key] = path.name
+    if problems:
+        raise ConfigError(problems)
+    config = validate_config(merged, sources)
+    config._directory = root.resolve()
+    config._sources = sources
+    return config
+
+
+def validate_config(data: dict[str, Any], sources: dict[str, str] | None = None) -> Config:
+    sources = sources or {}
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = error["loc"]
+            text = error["msg"].removeprefix("Value error, ")
+            # A model-level check may report several problems, one a line, each starting with its key path.
+            for message in text.split("\n") if not loc else [text]:
+                where = loc
+                if not loc and re.match(r"^[a-z_]+[\w.\[\]-]*: ", message):
+                    path, message = message.split(": ", 1)
+                    where = (path,)
+                file = sources.get(re.split(r"[.\[]", str(where[0]))[0], MAIN_FILE) if where else MAIN_FILE
+                if error["type"] == "extra_forbidden":
+                    message = "unknown key (a typo?); see docs/configuration.md for the keys this section takes"
+                problems.append(f"{file}: {_format_loc(where)}: {message}")
+        raise ConfigError(problems) from None
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The configuration as it may be printed: secrets appear only as the variable they come from."""
+    return config.model_dump(mode="json")
+
+
+__all__ = [
+    "MAIN_FILE", "Config", "ConfigError", "Duration", "IntegrationConfig", "Model", "Secret", "load_config",
+    "parse_duration", "redacted", "validate_config",
+]

@@ -1,0 +1,110 @@
+"""The outbox: every outbound message is stored before delivery, then delivered, retried and recorded."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from router.core.model import DeliveryResult, Outbound, OutboundStatus
+from router.core.store.base import StoreUnavailable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from router.app import Switchboard
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """Delivers due outbox rows through the channel plugins; several nodes may run one each (rows are leased)."""
+
+    def __init__(self, switchboard: "Switchboard"):
+        self.sb = switchboard
+        self.config = switchboard.config.outbox
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def backoff(self, attempts: int) -> timedelta:
+        """Exponential, capped, with jitter so that many failures do not retry in lockstep."""
+        base = self.config.backoff_base.total_seconds() * (2 ** max(attempts - 1, 0))
+        capped = min(base, self.config.backoff_max.total_seconds())
+        return timedelta(seconds=capped * random.uniform(0.8, 1.0))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        poll = self.config.poll_interval.total_seconds()
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=poll)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                while await self.run_once() >= self.config.batch:
+                    pass
+            except StoreUnavailable as exc:
+                log.warning("outbox paused: %s", exc)
+            except Exception:  # noqa: BLE001 - the worker must survive to deliver the next message
+                log.exception("outbox run failed")
+
+    async def run_once(self) -> int:
+        """Deliver what is due now; returns how many rows were taken."""
+        now = self.sb.clock.now()
+        lease_until = now + self.config.lease
+        batch = await self.sb.store.write(lambda tx: tx.claim_due_outbound(now, lease_until, self.config.batch))
+        if batch:
+            await asyncio.gather(*(self._deliver(outbound) for outbound in batch))
+        return len(batch)
+
+    async def _deliver(self, outbound: Outbound) -> None:
+        try:
+            result = await self.sb.hooks.deliver(outbound=outbound, switchboard=self.sb)
+        except Exception as exc:  # noqa: BLE001 - a plugin crash is a transient failure of this attempt
+            log.exception("delivering outbound %s on %s raised", outbound.id, outbound.channel)
+            result = DeliveryResult.retry(f"{type(exc).__name__}: {exc}")
+        if result is None:
+            result = DeliveryResult.permanent(f"no plugin delivers on channel {outbound.channel!r}")
+        await self.record(outbound, result)
+
+    async def record(self, outbound: Outbound, result: DeliveryResult) -> None:
+        now = self.sb.clock.now()
+        attempts = outbound.attempts + 1
+        if result.ok:
+            status, next_at, event = OutboundStatus.SENT, now, "outbound.sent"
+        elif not result.transient or attempts >= self.config.max_attempts:
+            status, next_at, event = OutboundStatus.FAILED, now, "outbound.failed"
+        else:
+            status, next_at, event = OutboundStatus.PENDING, now + self.backoff(attempts), "outbound.retry"
+        data = {"outbound_id": outbound.id, "channel": outbound.channel, "kind": outbound.kind, "attempts": attempts}
+        if result.error:
+            data["error"] = result.error
+        if status is OutboundStatus.PENDING:
+            data["next_attempt_at"] = next_at.isoformat()
+        if result.provider_id:
+            data["provider_id"] = result.provider_id
+
+        async def unit(tx):
+            await tx.finish_outbound(
+                outbound.id, status=status, attempts=attempts, next_attempt_at=next_at,
+                last_error=result.error, provider_id=result.provider_id, at=now,
+            )
+            return [await tx.append_event(outbound.case_id, event, "outbox", data, now)]
+
+        events = await self.sb.store.write(unit)
+        self.sb.metrics.outbound.labels(outbound.channel, status.value).inc()
+        await self.sb.after_write(events)

@@ -1,0 +1,550 @@
+"""The store interface: atomic, durable units of work over a transaction; backends implement it."""
+from __future__ import annotations
+
+import abc
+import json
+from datetime import datetime
+from importlib import resources
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+from router.core.model import (
+    Case,
+    CaseStatus,
+    Customer,
+    Direction,
+    Event,
+    Identity,
+    Message,
+    Outbound,
+    OutboundStatus,
+)
+
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """The store cannot accept writes right now (locked, disk full, database down): nothing was written."""
+
+
+class Conflict(Exception):
+    """A write lost a race with another writer; running the unit again will see the winner's result."""
+
+
+def migrations(backend: str) -> list[tuple[int, str]]:
+    """(version, SQL) pairs shipped for a backend, in order."""
+    folder = resources.files("router.core.store").joinpath("migrations", backend)
+    out = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            out.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+# Columns read back into model objects. Kept here so every backend reads rows the same way.
+CASE_COLUMNS = (
+    "id, ref, customer_id, status, channel, account, subject, language, line, team, tier, priority, order_id, "
+    "related_case_id, route, created_at, updated_at, last_inbound_at, resolved_at"
+)
+MESSAGE_COLUMNS = "id, case_id, direction, channel, account, external_id, sender, text, meta, created_at"
+OUTBOX_COLUMNS = (
+    "id, case_id, message_id, channel, account, recipient_kind, recipient_value, kind, text, subject, status, "
+    "attempts, next_attempt_at, created_at, last_error, provider_id, meta"
+)
+EVENT_COLUMNS = "id, case_id, type, actor, data, at"
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def case_from_row(row: Any) -> Case:
+    return Case(
+        id=row["id"],
+        ref=row["ref"],
+        customer_id=row["customer_id"],
+        status=CaseStatus(row["status"]),
+        channel=row["channel"],
+        account=row["account"],
+        subject=row["subject"],
+        language=row["language"],
+        line=row["line"],
+        team=row["team"],
+        tier=row["tier"],
+        priority=row["priority"],
+        order_id=row["order_id"],
+        related_case_id=row["related_case_id"],
+        route=_json(row["route"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        last_inbound_at=row["last_inbound_at"],
+        resolved_at=row["resolved_at"],
+    )
+
+
+def message_from_row(row: Any) -> Message:
+    return Message(
+        id=row["id"],
+        case_id=row["case_id"],
+        direction=Direction(row["direction"]),
+        channel=row["channel"],
+        account=row["account"],
+        external_id=row["external_id"],
+        sender=row["sender"],
+        text=row["text"],
+        meta=_json(row["meta"]),
+        created_at=row["created_at"],
+    )
+
+
+def outbound_from_row(row: Any) -> Outbound:
+    return Outbound(
+        id=row["id"],
+        case_id=row["case_id"],
+        message_id=row["message_id"],
+        channel=row["channel"],
+        account=row["account"],
+        recipient=Identity(kind=row["recipient_kind"], value=row["recipient_value"]),
+        kind=row["kind"],
+        text=row["text"],
+        subject=row["subject"],
+        status=OutboundStatus(row["status"]),
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        created_at=row["created_at"],
+        last_error=row["last_error"],
+        provider_id=row["provider_id"],
+        meta=_json(row["meta"]),
+    )
+
+
+def event_from_row(row: Any) -> Event:
+    return Event(
+        id=row["id"], case_id=row["case_id"], type=row["type"], actor=row["actor"], data=_json(row["data"]), at=row["at"]
+    )
+
+
+class Tx(abc.ABC):
+    """One transaction. Every query the core needs, written once over `$n` placeholders."""
+
+    # -- primitives each backend provides -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def execute(self, sql: str, *args: Any) -> None: ...
+
+    @abc.abstractmethod
+    async def fetch(self, sql: str, *args: Any) -> list[Any]: ...
+
+    @abc.abstractmethod
+    async def fetchrow(self, sql: str, *args: Any) -> Any | None: ...
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        row = await self.fetchrow(sql, *args)
+        return None if row is None else row[0]
+
+    @abc.abstractmethod
+    async def next_case_number(self) -> int: ...
+
+    @abc.abstractmethod
+    async def lock_customer(self, customer_id: int) -> None:
+        """Serialise writers working on one customer until this transaction ends."""
+
+    @abc.abstractmethod
+    async def claim_due_outbound(self, now: datetime, lease_until: datetime, limit: int) -> list[Outbound]:
+        """Take up to `limit` due outbox rows for this node until `lease_until`; others skip them meanwhile."""
+
+    # -- customers and identities -----------------------------------------------------------------------------
+    async def customers_for_identities(self, identities: Sequence[Identity]) -> dict[Identity, int]:
+        found: dict[Identity, int] = {}
+        for identity in identities:
+            customer_id = await self.fetchval(
+                "SELECT customer_id FROM identities WHERE kind = $1 AND value = $2", identity.kind, identity.value
+            )
+            if customer_id is not None:
+                found[identity] = customer_id
+        return found
+
+    async def insert_customer(self, role: str | None, display_name: str | None, language: str | None, at: datetime) -> int:
+        return await self.fetchval(
+            "INSERT INTO customers (role, display_name, language, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+            role,
+            display_name,
+            language,
+            at,
+        )
+
+    async def add_identity(self, customer_id: int, identity: Identity, verified: bool, at: datetime) -> None:
+        await self.execute(
+            "INSERT INTO identities (customer_id, kind, value, verified, created_at) VALUES ($1, $2, $3, $4, $5)",
+            customer_id,
+            identity.kind,
+            identity.value,
+            verified,
+            at,
+        )
+
+    async def merge_customers(self, keep: int, drop: int) -> None:
+        """Everything of `drop` becomes `keep`'s; `drop` remains as a tombstone pointing at `keep`."""
+        await self.execute("UPDATE identities SET customer_id = $1 WHERE customer_id = $2", keep, drop)
+        await self.execute("UPDATE cases SET customer_id = $1 WHERE customer_id = $2", keep, drop)
+        await self.execute("UPDATE customers SET merged_into = $1 WHERE id = $2", keep, drop)
+
+    async def update_customer(self, customer_id: int, **fields: Any) -> None:
+        await self._update("customers", customer_id, fields, {"role", "display_name", "language"})
+
+    async def get_customer(self, customer_id: int, *, identities: bool = True) -> Customer | None:
+        row = await self.fetchrow(
+            "SELECT id, role, display_name, language, created_at, merged_into FROM customers WHERE id = $1",
+            customer_id,
+        )
+        if row is None:
+            return None
+        return Customer(
+            id=row["id"],
+            role=row["role"],
+            display_name=row["display_name"],
+            language=row["language"],
+            created_at=row["created_at"],
+            identities=await self.identities_of(customer_id) if identities else [],
+            merged_into=row["merged_into"],
+        )
+
+    async def identities_of(self, customer_id: int) -> list[Identity]:
+        rows = await self.fetch("SELECT kind, value FROM identities WHERE customer_id = $1 ORDER BY id", customer_id)
+        return [Identity(kind=r["kind"], value=r["value"]) for r in rows]
+
+    # -- cases ----------------------------------------------------------------------------------------------
+    async def case_by_id(self, case_id: int) -> Case | None:
+        row = await self.fetchrow(f"SELECT {CASE_COLUMNS} FROM cases WHERE id = $1", case_id)
+        return None if row is None else case_from_row(row)
+
+    async def case_by_ref(self, ref: str) -> Case | None:
+        row = await self.fetchrow(f"SELECT {CASE_COLUMNS} FROM cases WHERE ref = $1", ref)
+        return None if row is None else case_from_row(row)
+
+    async def case_for_external_ids(self, channel: str, external_ids: Sequence[str]) -> Case | None:
+        """The case holding the newest of these messages (e.g. an email's In-Reply-To and References)."""
+        for external_id in reversed(external_ids):
+            row = await self.fetchrow(
+                f"SELECT {CASE_COLUMNS} FROM cases WHERE id = "
+                "(SELECT case_id FROM messages WHERE channel = $1 AND external_id = $2)",
+                channel,
+                external_id,
+            )
+            if row is not None:
+                return case_from_row(row)
+        return None
+
+    async def case_for_conversation(self, customer_id: int, channel: str, conversation: str) -> Case | None:
+        row = await self.fetchrow(
+            f"SELECT {CASE_COLUMNS} FROM cases WHERE id = (SELECT m.case_id FROM messages m "
+            "JOIN cases c ON c.id = m.case_id WHERE m.channel = $1 AND m.conversation = $2 AND c.customer_id = $3 "
+            "ORDER BY m.id DESC LIMIT 1)",
+            channel,
+            conversation,
+            customer_id,
+        )
+        return None if row is None else case_from_row(row)
+
+    async def latest_case(self, customer_id: int, channel: str | None = None) -> Case | None:
+        if channel is None:
+            row = await self.fetchrow(
+                f"SELECT {CASE_COLUMNS} FROM cases WHERE customer_id = $1 ORDER BY updated_at DESC, id DESC LIMIT 1",
+                customer_id,
+            )
+        else:
+            row = await self.fetchrow(
+                f"SELECT {CASE_COLUMNS} FROM cases WHERE customer_id = $1 AND channel = $2 "
+                "ORDER BY updated_at DESC, id DESC LIMIT 1",
+                customer_id,
+                channel,
+            )
+        return None if row is None else case_from_row(row)
+
+    async def insert_case(self, case: Case) -> int:
+        return await self.fetchval(
+            "INSERT INTO cases (ref, customer_id, status, channel, account, subject, language, line, team, tier, "
+            "priority, order_id, related_case_id, route, created_at, updated_at, last_inbound_at, resolved_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id",
+            case.ref,
+            case.customer_id,
+            case.status.value,
+            case.channel,
+            case.account,
+            case.subject,
+            case.language,
+            case.line,
+            case.team,
+            case.tier,
+            case.priority,
+            case.order_id,
+            case.related_case_id,
+            case.route,
+            case.created_at,
+            case.updated_at,
+            case.last_inbound_at,
+            case.resolved_at,
+        )
+
+    _CASE_FIELDS = frozenset(
+        {"status", "subject", "language", "line", "team", "tier", "priority", "order_id", "related_case_id", "route",
+         "updated_at", "last_inbound_at", "resolved_at"}
+    )
+
+    async def update_case(self, case_id: int, **fields: Any) -> None:
+        if isinstance(fields.get("status"), CaseStatus):
+            fields["status"] = fields["status"].value
+        await self._update("cases", case_id, fields, self._CASE_FIELDS)
+
+    async def _update(self, table: str, row_id: int, fields: dict[str, Any], allowed: frozenset[str] | set[str]) -> None:
+        unknown = set(fields) - set(allowed)
+        if unknown:
+            raise ValueError(f"cannot update {table}.{sorted(unknown)}")
+        if not fields:
+            return
+        names = list(fields)
+        assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
+        await self.execute(f"UPDATE {table} SET {assignments} WHERE id = $1", row_id, *(fields[n] for n in names))
+
+    async def list_cases(
+        self, *, status: str | None = None, customer_id: int | None = None, limit: int = 50, before_id: int | None = None
+    ) -> list[Case]:
+        clauses, args = [], []
+        for column, value in (("status", status), ("customer_id", customer_id)):
+            if value is not None:
+                args.append(value)
+                clauses.append(f"{column} = ${len(args)}")
+        if before_id is not None:
+            args.append(before_id)
+            clauses.append(f"id < ${len(args)}")
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        args.append(limit)
+        rows = await self.fetch(f"SELECT {CASE_COLUMNS} FROM cases {where}ORDER BY id DESC LIMIT ${len(args)}", *args)
+        return [case_from_row(r) for r in rows]
+
+    async def count_cases_by_status(self) -> dict[str, int]:
+        rows = await self.fetch("SELECT status, COUNT(*) AS n FROM cases GROUP BY status")
+        return {r["status"]: r["n"] for r in rows}
+
+    # -- messages -------------------------------------------------------------------------------------------
+    async def find_message(self, channel: str, external_id: str) -> tuple[int, int] | None:
+        """(message id, case id) of a message already stored under this channel and external id."""
+        row = await self.fetchrow(
+            "SELECT id, case_id FROM messages WHERE channel = $1 AND external_id = $2", channel, external_id
+        )
+        return None if row is None else (row["id"], row["case_id"])
+
+    async def insert_message(
+        self,
+        *,
+        case_id: int,
+        direction: Direction,
+        channel: str,
+        account: str,
+        external_id: str | None,
+        conversation: str | None,
+        sender: str | None,
+        text: str,
+        meta: dict[str, Any],
+        at: datetime,
+    ) -> int:
+        return await self.fetchval(
+            "INSERT INTO messages (case_id, direction, channel, account, external_id, conversation, sender, text, "
+            "meta, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            case_id,
+            direction.value,
+            channel,
+            account,
+            external_id,
+            conversation,
+            sender,
+            text,
+            meta,
+            at,
+        )
+
+    async def insert_attachment(
+        self,
+        message_id: int,
+        *,
+        filename: str,
+        content_type: str,
+        size: int | None,
+        url: str | None,
+        inline: bool,
+        content: bytes | None,
+    ) -> int:
+        return await self.fetchval(
+            "INSERT INTO attachments (message_id, filename, content_type, size, url, inline, content) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            message_id,
+            filename,
+            content_type,
+            size,
+            url,
+            inline,
+            content,
+        )
+
+    async def messages_for_case(self, case_id: int) -> list[Message]:
+        rows = await self.fetch(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE case_id = $1 ORDER BY id", case_id)
+        messages = [message_from_row(r) for r in rows]
+        if messages:
+            attachments = await self.fetch(
+                "SELECT a.id, a.message_id, a.filename, a.content_type, a.size, a.url, a.inline FROM attachments a "
+                "JOIN messages m ON m.id = a.message_id WHERE m.case_id = $1 ORDER BY a.id",
+                case_id,
+            )
+            by_message = {m.id: m for m in messages}
+            for a in attachments:
+                by_message[a["message_id"]].attachments.append(
+                    {
+                        "id": a["id"],
+                        "filename": a["filename"],
+                        "content_type": a["content_type"],
+                        "size": a["size"],
+                        "url": a["url"],
+                        "inline": bool(a["inline"]),
+                    }
+                )
+        return messages
+
+    async def count_messages(self, channel: str, external_id: str) -> int:
+        return await self.fetchval(
+            "SELECT COUNT(*) FROM messages WHERE channel = $1 AND external_id = $2", channel, external_id
+        )
+
+    # -- events ---------------------------------------------------------------------------------------------
+    async def append_event(self, case_id: int | None, type: str, actor: str, data: dict[str, Any], at: datetime) -> Event:
+        event_id = await self.fetchval(
+            "INSERT INTO events (case_id, type, actor, data, at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            case_id,
+            type,
+            actor,
+            data,
+            at,
+        )
+        return Event(id=event_id, case_id=case_id, type=type, at=at, actor=actor, data=data)
+
+    async def append_events(
+        self, rows: Sequence[tuple[int | None, str, dict[str, Any]]], actor: str, at: datetime
+    ) -> list[Event]:
+        """Several events in one statement; they get increasing ids in the order given."""
+        if not rows:
+            return []
+        values, args = [], []
+        for case_id, type, data in rows:
+            n = len(args)
+            values.append(f"(${n + 1}, ${n + 2}, ${n + 3}, ${n + 4}, ${n + 5})")
+            args.extend((case_id, type, actor, data, at))
+        returned = await self.fetch(
+            f"INSERT INTO events (case_id, type, actor, data, at) VALUES {', '.join(values)} RETURNING id", *args
+        )
+        # RETURNING promises no order; ids are assigned in VALUES order, so sorting restores it.
+        ids = sorted(r["id"] for r in returned)
+        return [Event(id=i, case_id=c, type=t, at=at, actor=actor, data=d) for i, (c, t, d) in zip(ids, rows)]
+
+    async def events_for_case(self, case_id: int) -> list[Event]:
+        rows = await self.fetch(f"SELECT {EVENT_COLUMNS} FROM events WHERE case_id = $1 ORDER BY id", case_id)
+        return [event_from_row(r) for r in rows]
+
+    async def events_after(self, after_id: int, limit: int = 500) -> list[Event]:
+        rows = await self.fetch(f"SELECT {EVENT_COLUMNS} FROM events WHERE id > $1 ORDER BY id LIMIT $2", after_id, limit)
+        return [event_from_row(r) for r in rows]
+
+    # -- outbox ---------------------------------------------------------------------------------------------
+    async def enqueue_outbound(
+        self,
+        *,
+        case_id: int,
+        message_id: int | None,
+        channel: str,
+        account: str,
+        recipient: Identity,
+        kind: str,
+        text: str,
+        subject: str | None,
+        meta: dict[str, Any],
+        at: datetime,
+    ) -> int:
+        return await self.fetchval(
+            "INSERT INTO outbox (case_id, message_id, channel, account, recipient_kind, recipient_value, kind, text, "
+            "subject, status, attempts, next_attempt_at, meta, created_at, updated_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, $12, $11, $11) RETURNING id",
+            case_id,
+            message_id,
+            channel,
+            account,
+            recipient.kind,
+            recipient.value,
+            kind,
+            text,
+            subject,
+            OutboundStatus.PENDING.value,
+            at,
+            meta,
+        )
+
+    async def get_outbound(self, outbound_id: int) -> Outbound | None:
+        row = await self.fetchrow(f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1", outbound_id)
+        return None if row is None else outbound_from_row(row)
+
+    async def outbound_for_case(self, case_id: int) -> list[Outbound]:
+        rows = await self.fetch(f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE case_id = $1 ORDER BY id", case_id)
+        return [outbound_from_row(r) for r in rows]
+
+    async def finish_outbound(
+        self,
+        outbound_id: int,
+        *,
+        status: OutboundStatus,
+        attempts: int,
+        next_attempt_at: datetime,
+        last_error: str | None,
+        provider_id: str | None,
+        at: datetime,
+    ) -> None:
+        await self.execute(
+            "UPDATE outbox SET status = $2, attempts = $3, next_attempt_at = $4, last_error = $5, provider_id = $6, "
+            "claimed_until = NULL, updated_at = $7 WHERE id = $1",
+            outbound_id,
+            status.value,
+            attempts,
+            next_attempt_at,
+            last_error,
+            provider_id,
+            at,
+        )
+
+    async def next_outbound_due(self) -> datetime | None:
+        value = await self.fetchval("SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'")
+        return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+Unit = Callable[[Tx], Awaitable[T]]
+
+
+class Store(abc.ABC):
+    """Durable storage. `write` runs a unit atomically and returns only once it is durable."""
+
+    backend: str = "?"
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema up to date."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def write(self, unit: Unit[T]) -> T:
+        """Run `unit` in one transaction; when this returns, its writes survive a crash or power loss.
+
+        Raises :class:`StoreUnavailable` when nothing could be written, or whatever `unit` raised (after rolling
+        back only its own writes).
+        """
+
+    @abc.abstractmethod
+    async def read(self, unit: Unit[T]) -> T:
+        """Run a read-only `unit` against a consistent snapshot."""
+
+    async def schema_version(self) -> int:
+        return await self.read(lambda tx: tx.fetchval("SELECT MAX(version) FROM schema_migrations"))

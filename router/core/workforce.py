@@ -1,0 +1,445 @@
+"""In-memory index of agents: which available agents can take a case, best first by fairness, and why the
+others were passed over, without scanning the agents on every decision.
+
+Agents with the same skills (names and levels) share a *pool*; even a large workforce has few distinct skill
+sets. Whether a pool satisfies a requirement is decided once per requirement and cached, so a decision looks
+at the eligible pools only, never at individual agents that cannot take the case.
+
+Each pool keeps its agents partitioned by state, every list sorted by the fairness key (the order of
+``router.core.assignment.fairness_key``: least loaded, then longest since the last assignment, then id):
+
+* ``offline`` / ``outside``: agents not online, or online but outside their schedule (insertion-ordered);
+* ``ready``: online and in schedule, sorted (the safety lane, which may exceed capacity, selects from it);
+* per channel, built the first time a channel is asked for: ``avail`` (ready and below capacity on that
+  channel, sorted) and ``full`` (ready but at capacity).
+
+A selection sums the sizes of those partitions over the eligible pools (the passed-over counts) and merges
+the heads of the eligible pools' sorted lists with a small heap until it has ``limit`` candidates. Every
+mutation takes the agent out of its pool's structures with the key it was filed under, changes the fields
+and files it again, so the index stays consistent; change agents only through :class:`Workforce` methods
+(call :meth:`Workforce.upsert` again after changing an agent's skills or capacity).
+
+The sorted lists are plain Python lists kept sorted with :mod:`bisect`: a pool holds at most the agents with
+one skill set, and inserting into such a list is a C ``memmove`` that stays in the microseconds even for a pool
+of 10,000 agents, several times cheaper than a ``SortedList`` at the sizes that occur.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from dataclasses import dataclass, field
+from datetime import datetime
+from heapq import heapify, heappop, heapreplace
+from itertools import islice
+from typing import Collection, Iterable, Iterator
+
+from router.routing_config import parse_skill_requirement
+
+__all__ = ["AgentState", "Requirement", "Selection", "Workforce", "requirement", "satisfies", "REASONS",
+           "ONLINE", "AWAY", "OFFLINE"]
+
+ONLINE, AWAY, OFFLINE = "online", "away", "offline"
+PRESENCES = frozenset({ONLINE, AWAY, OFFLINE})
+
+#: Reasons an agent was not returned, in order of precedence (an agent is counted under the first that applies).
+REASONS = ("missing_skill", "excluded", "offline", "outside_schedule", "no_capacity", "not_in_top")
+EXAMPLES_PER_REASON = 3
+
+# A requirement: every group must be satisfied; a group is satisfied by any one of its (skill, min_level).
+Group = frozenset[tuple[str, int]]
+Requirement = tuple[Group, ...]
+
+
+@dataclass(slots=True, eq=False)
+class AgentState:
+    id: str
+    name: str
+    skills: dict[str, int]  # skill -> level 1..5: "lang:it", "team:billing", "line:poster", "tier:L2", "vip"
+    capacity: dict[str, int]  # channel -> max concurrent items; "default" for channels not listed
+    presence: str = OFFLINE  # only online agents take work
+    in_schedule: bool = True  # maintained by the caller from the agent's calendar
+    load: dict[str, int] = field(default_factory=dict)  # channel -> accepted cases + pending offers
+    last_assigned_at: datetime | None = None
+
+    def capacity_for(self, channel: str) -> int:
+        capacity = self.capacity
+        if channel in capacity:
+            return capacity[channel]
+        return capacity.get("default", 0)
+
+    @property
+    def total_load(self) -> int:
+        return sum(self.load.values())
+
+
+def requirement(*groups: Iterable[str] | str) -> Requirement:
+    """``requirement(["team:billing", "team:general"], ["lang:it>=3"])``: each argument is a group of
+    alternatives (a bare string is a group of one). Groups are deduplicated and put in a canonical order, so
+    equal requirements share one cache entry however they were written."""
+    parsed: set[Group] = set()
+    for group in groups:
+        alternatives = [group] if isinstance(group, str) else list(group)
+        if not alternatives:
+            raise ValueError("a requirement group needs at least one skill")
+        parsed.add(frozenset(alt if isinstance(alt, tuple) else parse_skill_requirement(alt)
+                             for alt in alternatives))
+    return tuple(sorted(parsed, key=sorted))
+
+
+def satisfies(skills: dict[str, int], req: Requirement) -> bool:
+    """True when ``skills`` has, for every group, at least one alternative at or above its minimum level."""
+    get = skills.get
+    return all(any(get(skill, 0) >= level for skill, level in group) for group in req)
+
+
+@dataclass(slots=True)
+class Selection:
+    candidates: list[AgentState]  # best first by fairness, at most `limit`
+    passed_over: dict[str, int]  # every reason in REASONS -> agents not returned for it (0 included)
+    examples: dict[str, list[str]]  # every reason -> up to 3 agent ids
+    scores: list[tuple[str, int, str | None]]  # per candidate: (id, total_load, last_assigned_at iso or None)
+
+
+def _fairness(agent: AgentState) -> tuple:
+    """The sort key: (total_load, has been assigned, last_assigned_at, id). The flag orders "never" first and
+    keeps datetimes from being compared with a placeholder (so naive and aware datetimes both work)."""
+    at = agent.last_assigned_at
+    if at is None:
+        return (sum(agent.load.values()), 0, 0, agent.id)
+    return (sum(agent.load.values()), 1, at, agent.id)
+
+
+def _discard(keys: list, key: tuple) -> None:
+    i = bisect_left(keys, key)
+    if i < len(keys) and keys[i] == key:
+        del keys[i]
+    else:  # pragma: no cover - would mean the index is corrupt
+        raise RuntimeError(f"workforce index out of sync for agent {key[-1]!r}")
+
+
+_OFFLINE, _OUTSIDE, _READY = 0, 1, 2
+_MISSING = object()
+
+
+class _Lane:
+    """One pool's ready agents split for one channel."""
+    __slots__ = ("avail", "full")
+
+    def __init__(self) -> None:
+        self.avail: list[tuple] = []  # sorted fairness keys of ready agents below capacity on the channel
+        self.full: dict[str, None] = {}  # ready agents at (or above) capacity on the channel
+
+
+class _Pool:
+    __slots__ = ("signature", "skills", "members", "offline", "outside", "ready", "lanes")
+
+    def __init__(self, signature: frozenset) -> None:
+        self.signature = signature
+        self.skills = dict(signature)
+        self.members: dict[str, None] = {}
+        self.offline: dict[str, None] = {}  # presence != online
+        self.outside: dict[str, None] = {}  # online, outside schedule
+        self.ready: list[tuple] = []  # online and in schedule, sorted fairness keys
+        self.lanes: dict[str, _Lane] = {}
+
+
+class _Slot:
+    """Where an agent is filed: its pool, the key it is filed under and its state."""
+    __slots__ = ("agent", "pool", "key", "state")
+
+    def __init__(self, agent: AgentState, pool: _Pool) -> None:
+        self.agent = agent
+        self.pool = pool
+        self.key: tuple = ()
+        self.state = _OFFLINE
+
+
+class _Entry:
+    """A cached requirement: the pools that satisfy it (and those that do not, for examples), with the
+    per-pool structures gathered into flat lists so that counting is ``sum(map(len, ...))``."""
+    __slots__ = ("pools", "pool_set", "others", "offlines", "outsides", "readies", "lanes")
+
+    def __init__(self, pools: list[_Pool], others: list[_Pool]) -> None:
+        self.pools = pools
+        self.pool_set = set(pools)
+        self.others = others
+        self.offlines = [p.offline for p in pools]
+        self.outsides = [p.outside for p in pools]
+        self.readies = [p.ready for p in pools]
+        self.lanes: dict[str, tuple[list[list[tuple]], list[dict[str, None]]]] = {}
+
+
+class Workforce:
+    """The agents, indexed for :meth:`select`. Not thread-safe: use it from one thread (the event loop)."""
+
+    MAX_CACHED_REQUIREMENTS = 4096
+
+    def __init__(self) -> None:
+        self._slots: dict[str, _Slot] = {}
+        self._pools: dict[frozenset, _Pool] = {}
+        self._cache: dict[Requirement, _Entry] = {}
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def get(self, agent_id: str) -> AgentState | None:
+        slot = self._slots.get(agent_id)
+        return slot.agent if slot else None
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __iter__(self) -> Iterator[AgentState]:
+        return (slot.agent for slot in list(self._slots.values()))
+
+    def __contains__(self, agent_id: object) -> bool:
+        return agent_id in self._slots
+
+    @property
+    def pool_count(self) -> int:
+        """Distinct skill sets among the agents."""
+        return len(self._pools)
+
+    def eligible_for(self, agent_id: str, req: Requirement) -> bool:
+        """Whether the agent has the skills (only the skills: not presence, schedule or capacity)."""
+        slot = self._slots.get(agent_id)
+        return slot is not None and slot.pool in self._entry(req).pool_set
+
+    # -- changing ------------------------------------------------------------------------------------------
+
+    def upsert(self, agent: AgentState) -> None:
+        """Add an agent, or replace the one with the same id (its skills and capacity may have changed). The
+        index takes ``agent`` as it is, including its presence, schedule flag, load and last assignment."""
+        if agent.presence not in PRESENCES:
+            raise ValueError(f"unknown presence {agent.presence!r}; expected one of {sorted(PRESENCES)}")
+        slot = self._slots.get(agent.id)
+        signature = frozenset(agent.skills.items())
+        if slot is not None:
+            self._unfile(slot)
+            if slot.pool.signature != signature:
+                self._leave_pool(slot)
+                slot.pool = self._pool(signature)
+                slot.pool.members[agent.id] = None
+            slot.agent = agent
+        else:
+            slot = _Slot(agent, self._pool(signature))
+            slot.pool.members[agent.id] = None
+            self._slots[agent.id] = slot
+        self._file(slot)
+
+    def remove(self, agent_id: str) -> None:
+        slot = self._slots.pop(agent_id, None)
+        if slot is not None:
+            self._unfile(slot)
+            self._leave_pool(slot)
+
+    def set_presence(self, agent_id: str, presence: str) -> None:
+        if presence not in PRESENCES:
+            raise ValueError(f"unknown presence {presence!r}; expected one of {sorted(PRESENCES)}")
+        slot = self._slot(agent_id)
+        if slot.agent.presence != presence:
+            self._unfile(slot)
+            slot.agent.presence = presence
+            self._file(slot)
+
+    def set_in_schedule(self, agent_id: str, in_schedule: bool) -> None:
+        slot = self._slot(agent_id)
+        if slot.agent.in_schedule != bool(in_schedule):
+            self._unfile(slot)
+            slot.agent.in_schedule = bool(in_schedule)
+            self._file(slot)
+
+    def add_load(self, agent_id: str, channel: str, delta: int) -> None:
+        """+1 when an item is offered, -1 when it ends (load never goes below 0)."""
+        slot = self._slot(agent_id)
+        load = slot.agent.load
+        value = max(0, load.get(channel, 0) + delta)
+        if value == load.get(channel, 0):
+            return
+        self._unfile(slot)
+        if value:
+            load[channel] = value
+        else:
+            load.pop(channel, None)
+        self._file(slot)
+
+    def mark_assigned(self, agent_id: str, at: datetime) -> None:
+        slot = self._slot(agent_id)
+        self._unfile(slot)
+        slot.agent.last_assigned_at = at
+        self._file(slot)
+
+    # -- selecting -----------------------------------------------------------------------------------------
+
+    def select(self, req: Requirement, channel: str, *, limit: int = 20, exclude: Collection[str] = (),
+               ignore_capacity: bool = False) -> Selection:
+        """The available agents with the skills, best first by fairness, at most ``limit``; available means
+        online, in schedule, not in ``exclude`` and, unless ``ignore_capacity`` (the safety lane), below
+        capacity on ``channel``. ``passed_over`` counts every other agent under the first reason of
+        :data:`REASONS` that applies to it."""
+        entry = self._entry(req)
+        excluded = exclude if isinstance(exclude, (set, frozenset, dict)) else set(exclude)
+        if ignore_capacity:
+            sorted_lists, fulls = entry.readies, ()
+        else:
+            sorted_lists, fulls = self._lanes(entry, channel)
+
+        offline = sum(map(len, entry.offlines))
+        outside = sum(map(len, entry.outsides))
+        no_capacity = sum(map(len, fulls))
+        available = sum(map(len, sorted_lists))
+        missing = len(self._slots) - offline - outside - sum(map(len, entry.readies))
+        examples: dict[str, list[str]] = {reason: [] for reason in REASONS}
+
+        excluded_count = 0
+        if excluded:  # agents with the skills that are excluded move from their own reason to "excluded"
+            slots, pools, found = self._slots, entry.pool_set, examples["excluded"]
+            for agent_id in excluded:
+                slot = slots.get(agent_id)
+                if slot is None or slot.pool not in pools:
+                    continue
+                excluded_count += 1
+                if len(found) < EXAMPLES_PER_REASON:
+                    found.append(agent_id)
+                if slot.state == _OFFLINE:
+                    offline -= 1
+                elif slot.state == _OUTSIDE:
+                    outside -= 1
+                elif not ignore_capacity and agent_id in slot.pool.lanes[channel].full:
+                    no_capacity -= 1
+                else:
+                    available -= 1
+
+        # Merge the heads of the eligible pools' sorted lists until `limit` candidates (and up to 3 more, the
+        # examples of "not_in_top") have been taken.
+        candidates: list[AgentState] = []
+        scores: list[tuple[str, int, str | None]] = []
+        if available > 0:
+            wanted = min(max(limit, 0), available)
+            more = min(EXAMPLES_PER_REASON, available - wanted)
+            beyond = examples["not_in_top"]
+            slots = self._slots
+            heap = [(keys[0], 0, keys) for keys in sorted_lists if keys]
+            heapify(heap)
+            while heap:
+                key, position, keys = heap[0]
+                position += 1
+                if position < len(keys):
+                    heapreplace(heap, (keys[position], position, keys))
+                else:
+                    heappop(heap)
+                agent_id = key[3]
+                if agent_id in excluded:
+                    continue
+                if len(candidates) < wanted:
+                    candidates.append(slots[agent_id].agent)
+                    scores.append((agent_id, key[0], key[2].isoformat() if key[1] else None))
+                    if len(candidates) == wanted and not more:
+                        break
+                else:
+                    beyond.append(agent_id)
+                    if len(beyond) == more:
+                        break
+
+        for reason, id_sets in (("offline", entry.offlines), ("outside_schedule", entry.outsides),
+                                ("no_capacity", fulls)):
+            found = examples[reason]
+            for ids in id_sets:
+                if ids:
+                    found.extend(islice((i for i in ids if i not in excluded), EXAMPLES_PER_REASON - len(found)))
+                    if len(found) == EXAMPLES_PER_REASON:
+                        break
+        found = examples["missing_skill"]
+        for pool in entry.others:
+            found.extend(islice(pool.members, EXAMPLES_PER_REASON - len(found)))
+            if len(found) == EXAMPLES_PER_REASON:
+                break
+
+        passed_over = {"missing_skill": missing, "excluded": excluded_count, "offline": offline,
+                       "outside_schedule": outside, "no_capacity": no_capacity,
+                       "not_in_top": available - len(candidates)}
+        return Selection(candidates, passed_over, examples, scores)
+
+    # -- internals -----------------------------------------------------------------------------------------
+
+    def _slot(self, agent_id: str) -> _Slot:
+        try:
+            return self._slots[agent_id]
+        except KeyError:
+            raise KeyError(f"unknown agent {agent_id!r}") from None
+
+    def _pool(self, signature: frozenset) -> _Pool:
+        pool = self._pools.get(signature)
+        if pool is None:
+            pool = self._pools[signature] = _Pool(signature)
+            self._cache.clear()  # cached requirements do not know the new pool
+        return pool
+
+    def _leave_pool(self, slot: _Slot) -> None:
+        pool = slot.pool
+        del pool.members[slot.agent.id]
+        if not pool.members:
+            del self._pools[pool.signature]
+            self._cache.clear()
+
+    def _entry(self, req: Requirement) -> _Entry:
+        entry = self._cache.get(req)
+        if entry is None:
+            if len(self._cache) >= self.MAX_CACHED_REQUIREMENTS:
+                self._cache.clear()
+            pools, others = [], []
+            for pool in self._pools.values():
+                (pools if satisfies(pool.skills, req) else others).append(pool)
+            entry = self._cache[req] = _Entry(pools, others)
+        return entry
+
+    def _lanes(self, entry: _Entry, channel: str):
+        lanes = entry.lanes.get(channel)
+        if lanes is None:
+            pool_lanes = [pool.lanes.get(channel) or self._new_lane(pool, channel) for pool in entry.pools]
+            lanes = entry.lanes[channel] = ([lane.avail for lane in pool_lanes], [lane.full for lane in pool_lanes])
+        return lanes
+
+    def _new_lane(self, pool: _Pool, channel: str) -> _Lane:
+        lane = pool.lanes[channel] = _Lane()
+        slots = self._slots
+        for key in pool.ready:  # already sorted: appending keeps avail sorted
+            agent = slots[key[3]].agent
+            if agent.load.get(channel, 0) < agent.capacity_for(channel):
+                lane.avail.append(key)
+            else:
+                lane.full[agent.id] = None
+        return lane
+
+    def _unfile(self, slot: _Slot) -> None:
+        """Take the agent out of its pool's state structures, using the key and state it was filed under."""
+        pool, agent_id = slot.pool, slot.agent.id
+        if slot.state == _READY:
+            key = slot.key
+            _discard(pool.ready, key)
+            for lane in pool.lanes.values():
+                if lane.full.pop(agent_id, _MISSING) is _MISSING:
+                    _discard(lane.avail, key)
+        elif slot.state == _OUTSIDE:
+            del pool.outside[agent_id]
+        else:
+            del pool.offline[agent_id]
+
+    def _file(self, slot: _Slot) -> None:
+        """File the agent in its pool according to its current fields."""
+        agent, pool = slot.agent, slot.pool
+        if agent.presence != ONLINE:
+            slot.state = _OFFLINE
+            pool.offline[agent.id] = None
+        elif not agent.in_schedule:
+            slot.state = _OUTSIDE
+            pool.outside[agent.id] = None
+        else:
+            slot.state = _READY
+            key = slot.key = _fairness(agent)
+            insort(pool.ready, key)
+            load = agent.load
+            for channel, lane in pool.lanes.items():
+                if load.get(channel, 0) < agent.capacity_for(channel):
+                    insort(lane.avail, key)
+                else:
+                    lane.full[agent.id] = None
+

@@ -1,0 +1,1 @@
+"""HTTP surface: the aiohttp application factory, core API, health and metrics."""

@@ -1,0 +1,116 @@
+"""Core HTTP API: health, metrics, and reading cases (for integrations with the `read` scope)."""
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from router.app import Switchboard
+from router.config import IntegrationConfig
+from router.core.model import Case, Customer, Event, Message, Outbound
+from router.web.errors import HTTPProblem
+
+
+def switchboard_of(request: web.Request) -> Switchboard:
+    from router.web.app import SWITCHBOARD
+
+    return request.app[SWITCHBOARD]
+
+
+def require_integration(request: web.Request, scope: str) -> IntegrationConfig:
+    """The integration whose bearer token came with the request, if it holds `scope`; else 401/403."""
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else None
+    integration = switchboard_of(request).integration_for_token(token)
+    if integration is None:
+        raise HTTPProblem(401, "unauthorized", "missing or unknown integration token (Authorization: Bearer <token>)")
+    if scope not in integration.scopes:
+        raise HTTPProblem(403, "forbidden", f"integration {integration.name!r} lacks the {scope!r} scope")
+    return integration
+
+
+async def healthz(request: web.Request) -> web.Response:
+    sb = switchboard_of(request)
+    version = await sb.store.schema_version()
+    return web.json_response({"status": "ok", "store": sb.store.backend, "schema_version": version})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    sb = switchboard_of(request)
+    sb.metrics.set_case_counts(await sb.store.read(lambda tx: tx.count_cases_by_status()))
+    return web.Response(body=sb.metrics.render(), content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+def case_json(case: Case) -> dict[str, Any]:
+    return {
+        "id": case.id, "ref": case.ref, "status": case.status.value, "channel": case.channel, "account": case.account,
+        "subject": case.subject, "language": case.language, "line": case.line, "team": case.team, "tier": case.tier,
+        "priority": case.priority, "order_id": case.order_id, "related_case_id": case.related_case_id,
+        "route": case.route, "created_at": case.created_at.isoformat(), "updated_at": case.updated_at.isoformat(),
+        "resolved_at": case.resolved_at.isoformat() if case.resolved_at else None,
+    }
+
+
+def customer_json(customer: Customer) -> dict[str, Any]:
+    return {"id": customer.id, "role": customer.role, "display_name": customer.display_name,
+            "language": customer.language, "identities": [str(i) for i in customer.identities]}
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    return {"id": message.id, "direction": message.direction.value, "channel": message.channel,
+            "account": message.account, "external_id": message.external_id, "sender": message.sender,
+            "text": message.text, "meta": message.meta, "attachments": message.attachments,
+            "created_at": message.created_at.isoformat()}
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {"id": event.id, "type": event.type, "actor": event.actor, "data": event.data, "at": event.at.isoformat()}
+
+
+def outbound_json(outbound: Outbound) -> dict[str, Any]:
+    return {"id": outbound.id, "kind": outbound.kind, "channel": outbound.channel, "recipient": str(outbound.recipient),
+            "status": outbound.status.value, "attempts": outbound.attempts, "last_error": outbound.last_error,
+            "next_attempt_at": outbound.next_attempt_at.isoformat()}
+
+
+async def get_case(request: web.Request) -> web.Response:
+    require_integration(request, "read")
+    ref = request.match_info["ref"].upper()
+
+    async def unit(tx):
+        case = await tx.case_by_ref(ref)
+        if case is None:
+            return None
+        return (case, await tx.get_customer(case.customer_id), await tx.messages_for_case(case.id),
+                await tx.events_for_case(case.id), await tx.outbound_for_case(case.id))
+
+    found = await switchboard_of(request).store.read(unit)
+    if found is None:
+        raise HTTPProblem(404, "not_found", f"no case {ref}")
+    case, customer, messages, events, outbound = found
+    return web.json_response({
+        "case": case_json(case), "customer": customer_json(customer),
+        "messages": [message_json(m) for m in messages], "events": [event_json(e) for e in events],
+        "outbound": [outbound_json(o) for o in outbound],
+    })
+
+
+async def list_cases(request: web.Request) -> web.Response:
+    require_integration(request, "read")
+    query = request.query
+    try:
+        limit = int(query.get("limit", 50))
+        before = int(query["before"]) if "before" in query else None
+    except ValueError:
+        raise HTTPProblem(400, "bad_request", "limit and before must be whole numbers") from None
+    if not 1 <= limit <= 500:
+        raise HTTPProblem(400, "bad_request", f"limit must be between 1 and 500, not {limit}")
+    status = query.get("status")
+    cases = await switchboard_of(request).store.read(
+        lambda tx: tx.list_cases(status=status, limit=limit, before_id=before)
+    )
+    body: dict[str, Any] = {"cases": [case_json(c) for c in cases]}
+    if len(cases) == limit:
+        body["next"] = f"/api/v1/cases?limit={limit}&before={cases[-1].id}" + (f"&status={status}" if status else "")
+    return web.json_response(body)

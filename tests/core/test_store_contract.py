@@ -1,0 +1,198 @@
+"""The contract every store backend keeps; the same tests run on SQLite and on PostgreSQL."""
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from router.core.model import Case, CaseStatus, Direction, Identity, OutboundStatus
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+
+
+async def _customer_and_case(tx, ref: str = "TK-1", at: datetime = T0) -> tuple[int, int]:
+    customer_id = await tx.insert_customer("poster", "Anna", "it", at)
+    case = Case(id=0, ref=ref, customer_id=customer_id, status=CaseStatus.NEW, channel="api", account="backend",
+                subject="Привет", language="ru", line=None, team=None, tier=None, priority=3, created_at=at,
+                updated_at=at, route={"reasons": ["über", "日本"]})
+    return customer_id, await tx.insert_case(case)
+
+
+async def test_migrations_are_applied_once_and_reopening_keeps_data(store_factory):
+    first = await store_factory()
+    await first.open()
+    assert await first.schema_version() == 1
+    await first.write(lambda tx: _customer_and_case(tx))
+    await first.close()
+    second = await store_factory()
+    await second.open()
+    assert await second.schema_version() == 1
+    assert (await second.read(lambda tx: tx.case_by_ref("TK-1"))).subject == "Привет"
+
+
+async def test_values_round_trip_exactly(store):
+    _, case_id = await store.write(lambda tx: _customer_and_case(tx))
+    case = await store.read(lambda tx: tx.case_by_id(case_id))
+    assert case.created_at == T0 and case.created_at.tzinfo is not None
+    assert case.route == {"reasons": ["über", "日本"]}
+    assert case.status is CaseStatus.NEW
+
+
+async def test_case_numbers_are_unique_and_increasing_under_concurrency(store):
+    numbers = await asyncio.gather(*(store.write(lambda tx: tx.next_case_number()) for _ in range(50)))
+    assert len(set(numbers)) == 50
+    assert sorted(numbers) == list(range(min(numbers), min(numbers) + 50))
+
+
+async def test_a_failing_unit_writes_nothing_and_does_not_affect_others(store):
+    async def good(tx, n):
+        return await tx.insert_customer(None, f"good-{n}", None, T0)
+
+    async def bad(tx):
+        await tx.insert_customer(None, "half-written", None, T0)
+        raise RuntimeError("unit failed midway")
+
+    # Queued together, so on SQLite they share one group commit.
+    results = await asyncio.gather(store.write(lambda tx: good(tx, 1)), store.write(bad),
+                                   store.write(lambda tx: good(tx, 2)), return_exceptions=True)
+    assert isinstance(results[1], RuntimeError)
+    names = await store.read(lambda tx: tx.fetch("SELECT display_name FROM customers ORDER BY id"))
+    assert [r["display_name"] for r in names] == ["good-1", "good-2"]
+
+
+async def test_an_external_id_is_stored_once_per_channel(store):
+    _, case_id = await store.write(lambda tx: _customer_and_case(tx))
+
+    async def insert(tx, channel):
+        return await tx.insert_message(case_id=case_id, direction=Direction.INBOUND, channel=channel,
+                                       account="a", external_id="dup", conversation=None, sender="email:x@y.z",
+                                       text="t", meta={}, at=T0)
+
+    await store.write(lambda tx: insert(tx, "api"))
+    await store.write(lambda tx: insert(tx, "chat"))  # another channel may reuse the id
+    with pytest.raises(Exception):
+        await store.write(lambda tx: insert(tx, "api"))
+    assert await store.read(lambda tx: tx.count_messages("api", "dup")) == 1
+    assert await store.read(lambda tx: tx.find_message("chat", "dup")) is not None
+
+
+async def test_an_identity_belongs_to_one_customer(store):
+    async def claim(tx, name):
+        customer_id = await tx.insert_customer(None, name, None, T0)
+        await tx.add_identity(customer_id, Identity(kind="email", value="a@b.c"), True, T0)
+        return customer_id
+
+    first = await store.write(lambda tx: claim(tx, "first"))
+    with pytest.raises(Exception):
+        await store.write(lambda tx: claim(tx, "second"))
+    found = await store.read(lambda tx: tx.customers_for_identities([Identity(kind="email", value="a@b.c")]))
+    assert list(found.values()) == [first]
+    # the failed unit's customer row was rolled back with it
+    assert await store.read(lambda tx: tx.fetchval("SELECT COUNT(*) FROM customers")) == 1
+
+
+async def test_merging_customers_moves_identities_and_cases(store):
+    async def setup(tx):
+        keep, case_a = await _customer_and_case(tx, "TK-1")
+        drop, case_b = await _customer_and_case(tx, "TK-2")
+        await tx.add_identity(drop, Identity(kind="phone", value="+393471234567"), True, T0)
+        await tx.merge_customers(keep, drop)
+        return keep
+
+    keep = await store.write(setup)
+    customer = await store.read(lambda tx: tx.get_customer(keep))
+    assert [str(i) for i in customer.identities] == ["phone:+393471234567"]
+    assert len(await store.read(lambda tx: tx.list_cases(customer_id=keep))) == 2
+
+
+async def test_outbox_claims_are_leased_and_expired_leases_are_reclaimed(store):
+    async def setup(tx):
+        _, case_id = await _customer_and_case(tx)
+        ids = []
+        for n in range(3):
+            ids.append(await tx.enqueue_outbound(
+                case_id=case_id, message_id=None, channel="api", account="backend",
+                recipient=Identity(kind="email", value="a@b.c"), kind="ack", text=f"t{n}", subject=None,
+                meta={"n": n}, at=T0 + timedelta(seconds=n)))
+        return ids
+
+    ids = await store.write(setup)
+    now = T0 + timedelta(minutes=1)
+    first = await store.write(lambda tx: tx.claim_due_outbound(now, now + timedelta(minutes=2), 2))
+    second = await store.write(lambda tx: tx.claim_due_outbound(now, now + timedelta(minutes=2), 10))
+    assert [o.id for o in first] == ids[:2] and [o.id for o in second] == [ids[2]]
+    assert all(o.status is OutboundStatus.SENDING for o in first + second)
+    assert await store.write(lambda tx: tx.claim_due_outbound(now, now + timedelta(minutes=2), 10)) == []
+    later = now + timedelta(minutes=3)  # the node that claimed them died: the lease ran out
+    reclaimed = await store.write(lambda tx: tx.claim_due_outbound(later, later + timedelta(minutes=2), 10))
+    assert sorted(o.id for o in reclaimed) == ids
+    assert reclaimed[0].meta == {"n": 0}
+
+
+async def test_finished_outbound_is_not_claimed_again_and_pending_waits_its_turn(store):
+    async def setup(tx):
+        _, case_id = await _customer_and_case(tx)
+        return await tx.enqueue_outbound(
+            case_id=case_id, message_id=None, channel="api", account="backend",
+            recipient=Identity(kind="email", value="a@b.c"), kind="ack", text="t", subject=None, meta={}, at=T0)
+
+    outbound_id = await store.write(setup)
+    retry_at = T0 + timedelta(minutes=10)
+    await store.write(lambda tx: tx.finish_outbound(outbound_id, status=OutboundStatus.PENDING, attempts=1,
+                                                    next_attempt_at=retry_at, last_error="503", provider_id=None,
+                                                    at=T0))
+    assert await store.read(lambda tx: tx.next_outbound_due()) == retry_at
+    assert await store.write(lambda tx: tx.claim_due_outbound(T0 + timedelta(minutes=9), retry_at, 10)) == []
+    [due] = await store.write(lambda tx: tx.claim_due_outbound(retry_at, retry_at + timedelta(minutes=1), 10))
+    assert due.attempts == 1 and due.last_error == "503"
+    await store.write(lambda tx: tx.finish_outbound(outbound_id, status=OutboundStatus.SENT, attempts=2,
+                                                    next_attempt_at=retry_at, last_error=None, provider_id="p-1",
+                                                    at=retry_at))
+    far = retry_at + timedelta(days=1)
+    assert await store.write(lambda tx: tx.claim_due_outbound(far, far, 10)) == []
+    assert (await store.read(lambda tx: tx.get_outbound(outbound_id))).provider_id == "p-1"
+
+
+async def test_event_log_is_ordered_and_readable_from_a_position(store):
+    async def setup(tx):
+        _, case_id = await _customer_and_case(tx)
+        for n in range(5):
+            await tx.append_event(case_id, f"e{n}", "system", {"n": n}, T0)
+        return case_id
+
+    case_id = await store.write(setup)
+    events = await store.read(lambda tx: tx.events_for_case(case_id))
+    assert [e.type for e in events] == ["e0", "e1", "e2", "e3", "e4"]
+    after = await store.read(lambda tx: tx.events_after(events[2].id))
+    assert [e.data["n"] for e in after] == [3, 4]
+
+
+async def test_many_concurrent_writes_are_all_durable(store_factory):
+    store = await store_factory()
+    await store.open()
+    ids = await asyncio.gather(*(store.write(lambda tx, n=n: tx.insert_customer(None, f"c{n}", None, T0))
+                                 for n in range(300)))
+    assert len(set(ids)) == 300
+    await store.close()
+    reopened = await store_factory()
+    await reopened.open()
+    assert await reopened.read(lambda tx: tx.fetchval("SELECT COUNT(*) FROM customers")) == 300
+
+
+async def test_case_listing_pages_newest_first(store):
+    async def setup(tx):
+        customer_id, _ = await _customer_and_case(tx, "TK-1")
+        for n in range(2, 6):
+            await tx.insert_case(Case(id=0, ref=f"TK-{n}", customer_id=customer_id, status=CaseStatus.QUEUED,
+                                      channel="api", account="a", subject=None, language=None, line=None, team=None,
+                                      tier=None, priority=3, created_at=T0, updated_at=T0))
+
+    await store.write(setup)
+    page = await store.read(lambda tx: tx.list_cases(limit=2))
+    assert [c.ref for c in page] == ["TK-5", "TK-4"]
+    rest = await store.read(lambda tx: tx.list_cases(limit=10, before_id=page[-1].id))
+    assert [c.ref for c in rest] == ["TK-3", "TK-2", "TK-1"]
+    queued = await store.read(lambda tx: tx.list_cases(status="queued"))
+    assert len(queued) == 4
+    assert await store.read(lambda tx: tx.count_cases_by_status()) == {"new": 1, "queued": 4}

@@ -1,0 +1,229 @@
+"""The `switchboard` command as an operator uses it: check a configuration, list plugins, run and stop the router."""
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.e2e.servers import EXAMPLE_CONFIG, ServerProcess, cli_env, run_cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
+
+# "<file>: <where>: <what to fix>", one problem per line on stderr, indented under a heading.
+PROBLEM_LINE = re.compile(r"^\s+(?P<file>[\w.-]+\.yaml): (?P<where>[^:]+): (?P<reason>.+)$")
+
+
+def problems(stderr: str) -> list[tuple[str, str, str]]:
+    return [(m["file"], m["where"], m["reason"]) for m in map(PROBLEM_LINE.match, stderr.splitlines()) if m]
+
+
+def write(directory: Path, files: dict[str, str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text, encoding="utf-8")
+    return directory
+
+
+def plugin_listing(stdout: str) -> dict[str, list[str]]:
+    """{plugin name: hooks} from `switchboard plugins` output (a name line, then an indented `hooks:` line)."""
+    listing: dict[str, list[str]] = {}
+    name = None
+    for line in stdout.splitlines():
+        if line.strip().startswith("hooks:"):
+            assert name is not None, stdout
+            listing[name] = [h.strip() for h in line.split("hooks:", 1)[1].split(",") if h.strip()]
+        elif line and not line[0].isspace() and not line.startswith("blocked:"):
+            name = line.split()[0]
+    return listing
+
+
+# -- help ---------------------------------------------------------------------------------------------------------
+def test_help_lists_the_commands_and_run_help_lists_its_options():
+    """`switchboard --help` and `switchboard run --help` answer, so an operator can find their way."""
+    top = run_cli("--help")
+    assert top.returncode == 0, top.stderr
+    for command in ("run", "check", "plugins"):
+        assert re.search(rf"^\s+{command}\s", top.stdout, re.M), top.stdout
+    run = run_cli("run", "--help")
+    assert run.returncode == 0, run.stderr
+    for option in ("--config", "--data", "--host", "--port", "--log-level"):
+        assert option in run.stdout
+
+
+# -- check ----------------------------------------------------------------------------------------------------------
+def test_check_accepts_the_example_configuration():
+    """The shipped example passes `switchboard check`, which says which file it read."""
+    result = run_cli("check", "--config", "config")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("config: OK"), result.stdout
+    assert "switchboard.yaml" in result.stdout
+    assert "integrations: marketplace" in result.stdout
+    assert result.stderr == ""
+
+
+BROKEN = {
+    "unknown key": (
+        {"switchboard.yaml": "instance:\n  name: Shop\n  nmae: Typo\n"},
+        [("switchboard.yaml", "instance.nmae", "unknown key")],
+    ),
+    "bad duration": (
+        {"switchboard.yaml": "threading:\n  reopen_window: soon\n"},
+        [("switchboard.yaml", "threading.reopen_window", "not a duration: 'soon'")],
+    ),
+    "secret from an unset variable": (
+        {"switchboard.yaml": "integrations:\n  - name: shop\n    token: {$env: SB_E2E_SURELY_UNSET}\n"},
+        [("switchboard.yaml", "integrations[0].token", "environment variable SB_E2E_SURELY_UNSET is not set")],
+    ),
+    "invalid YAML": (
+        {"switchboard.yaml": "instance:\n  name: [unclosed\n"},
+        [("switchboard.yaml", "line 3, column 1", "not valid YAML")],
+    ),
+    "problems in two files": (
+        {"switchboard.yaml": "instance:\n  case_ref_prefix: tk\n", "threading.yaml": "threading:\n  reopen_window: 3 weeks\n"},
+        [("switchboard.yaml", "instance.case_ref_prefix", "String should match pattern"),
+         ("threading.yaml", "threading.reopen_window", "not a duration: '3 weeks'")],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=list(BROKEN))
+def test_check_names_file_key_and_reason_for_each_problem(case, tmp_path):
+    """A broken configuration folder makes `switchboard check` exit 1 and say, per problem, which file, which key
+    and what is wrong, so the operator can go straight to the line."""
+    files, expected = BROKEN[case]
+    directory = write(tmp_path / "config", files)
+    result = run_cli("check", "--config", str(directory))
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[0] == f"configuration problems in {directory}:"
+    found = problems(result.stderr)
+    assert len(found) == len(result.stderr.splitlines()) - 1, f"a line is not <file>: <key>: <reason>:\n{result.stderr}"
+    assert len(found) == len(expected), result.stderr
+    for file, where, reason in expected:
+        assert any(f == file and w == where and reason in r for f, w, r in found), (file, where, reason, found)
+    assert "Traceback" not in result.stderr
+
+
+SECRETS = {
+    "SB_E2E_SECRET_TOKEN": "tok-9f8e7d6c5b4a",
+    "SB_E2E_SECRET_WEBHOOK": "whsec-1a2b3c4d5e6f",
+    "SB_E2E_SECRET_DSN": "postgresql://switchboard:pw-0xDEADBEEF@127.0.0.1:5432/switchboard",
+}
+SECRET_CONFIG = """\
+store:
+  backend: postgres
+  postgres:
+    dsn: {$env: SB_E2E_SECRET_DSN}
+integrations:
+  - name: shop
+    token: {$env: SB_E2E_SECRET_TOKEN}
+    scopes: [ingest, read]
+    webhook: {url: "https://shop.example.com/hook", secret: {$env: SB_E2E_SECRET_WEBHOOK}}
+  - name: partner
+    token: {$env: SB_E2E_UNSET_BUT_DEFAULTED, default: default-tok-31337}
+"""
+
+
+def test_secret_values_never_appear_in_check_or_plugins_output(tmp_path):
+    """Tokens, webhook secrets and DSN passwords never show up in what `check` and `plugins` print, whether the
+    configuration is valid, broken elsewhere, or has a secret pasted in literally by mistake (CI logs are public)."""
+    env = cli_env(**SECRETS)
+    valid = write(tmp_path / "valid", {"switchboard.yaml": SECRET_CONFIG})
+    broken = write(tmp_path / "broken", {"switchboard.yaml": SECRET_CONFIG + "threading: {reopen_window: never}\n"})
+    pasted = write(tmp_path / "pasted", {"switchboard.yaml": SECRET_CONFIG.replace(
+        "{$env: SB_E2E_SECRET_TOKEN}", SECRETS["SB_E2E_SECRET_TOKEN"]).replace(
+        "{$env: SB_E2E_SECRET_DSN}", f"\"{SECRETS['SB_E2E_SECRET_DSN']}\"")})
+    runs = {
+        "check valid": (run_cli("check", "--config", str(valid), env=env), 0),
+        "plugins valid": (run_cli("plugins", "--config", str(valid), env=env), 0),
+        "check broken": (run_cli("check", "--config", str(broken), env=env), 1),
+        "plugins broken": (run_cli("plugins", "--config", str(broken), env=env), 1),
+        "check pasted": (run_cli("check", "--config", str(pasted), env=env), 1),
+    }
+    for name, (result, code) in runs.items():
+        assert result.returncode == code, (name, result.stdout, result.stderr)
+        output = result.stdout + result.stderr
+        for secret in [*SECRETS.values(), "pw-0xDEADBEEF", "default-tok-31337"]:
+            assert secret not in output, f"{name} printed a secret:\n{output}"
+    assert "store: postgres" in runs["check valid"][0].stdout and "integrations: shop, partner" in runs["check valid"][0].stdout
+    pasted_problems = problems(runs["check pasted"][0].stderr)
+    assert {w for _, w, _ in pasted_problems} == {"store.postgres.dsn", "integrations[0].token"}
+    assert all("environment" in r for _, _, r in pasted_problems)
+
+
+# -- plugins --------------------------------------------------------------------------------------------------------
+def test_plugins_lists_the_builtins_and_their_hooks():
+    """`switchboard plugins` shows what will run: the routing and assignment defaults and the API channel."""
+    result = run_cli("plugins", "--config", "config")
+    assert result.returncode == 0, result.stderr
+    listing = plugin_listing(result.stdout)
+    assert listing == {
+        "api": ["deliver", "register_channels", "shutdown", "startup", "web_routes"],
+        "core.assignment": ["choose_agent"],
+        "core.routing": ["classify", "select_route", "startup"],
+    }, result.stdout
+    assert "blocked:" not in result.stdout
+
+
+def test_blocking_the_api_plugin_removes_it_and_says_so():
+    """SWITCHBOARD_BLOCK_PLUGINS=api takes the API channel out, and the listing says it is blocked."""
+    result = run_cli("plugins", "--config", "config", env=cli_env(SWITCHBOARD_BLOCK_PLUGINS="api"))
+    assert result.returncode == 0, result.stderr
+    assert set(plugin_listing(result.stdout)) == {"core.routing", "core.assignment"}
+    assert result.stdout.splitlines()[-1] == "blocked: api"
+
+
+@pytest.mark.parametrize("how", ["environment", "config"])
+@pytest.mark.parametrize("command", ["plugins", "check"])
+def test_blocking_a_core_plugin_is_refused_with_a_clear_message(command, how, tmp_path):
+    """The core cannot run without default routing: blocking core.routing (by variable or in the config file)
+    stops the command with exit 1 and a sentence naming the plugin, not a traceback."""
+    if how == "environment":
+        config, env = "config", cli_env(SWITCHBOARD_BLOCK_PLUGINS="core.routing")
+    else:
+        text = (EXAMPLE_CONFIG / "switchboard.yaml").read_text().replace("blocked_plugins: []",
+                                                                        "blocked_plugins: [core.routing]")
+        config, env = str(write(tmp_path / "config", {"switchboard.yaml": text})), cli_env()
+    result = run_cli(command, "--config", config, env=env)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert result.stderr.strip() == (
+        "cannot start: plugins ['core.routing'] are part of the core and cannot be blocked"
+    ), result.stderr
+
+
+# -- run ------------------------------------------------------------------------------------------------------------
+async def test_run_serves_the_example_configuration_and_stops_cleanly_on_sigterm(tmp_path, request):
+    """`switchboard run` on the example configuration answers /healthz, takes a message with the demo token
+    (202 with a TK- case reference) and, on SIGTERM (what systemd or Docker sends), exits 0 without errors."""
+    server = ServerProcess(EXAMPLE_CONFIG, tmp_path / "data", tmp_path / "logs", log_level=None)
+    request.addfinalizer(server.ensure_stopped)
+    server.start()
+    assert await server.wait_healthy() == {"status": "ok", "store": "sqlite", "schema_version": 1}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        body = {"external_id": "order-42-msg-1", "sender": {"kind": "phone", "value": "333 123 4567"},
+                "text": "The courier left my parcel at the wrong door"}
+        async with session.post(f"{server.url}/api/v1/messages", json=body) as response:
+            assert response.status == 401  # no token, no entry
+        headers = {"Authorization": "Bearer demo-token"}
+        async with session.post(f"{server.url}/api/v1/messages", json=body, headers=headers) as response:
+            answer = await response.json()
+            assert response.status == 202, answer
+        assert answer["outcome"] == "created" and answer["case"]["ref"].startswith("TK-"), answer
+        async with session.get(f"{server.url}/api/v1/cases/{answer['case']['ref']}", headers=headers) as response:
+            case = await response.json()
+            assert response.status == 200, case
+        assert case["customer"]["identities"] == ["phone:+393331234567"]  # default_region IT
+        assert [m["text"] for m in case["messages"]] == [body["text"]]
+
+    assert server.terminate() == 0, server.describe()  # SIGTERM is a graceful exit, not death by signal
+    assert server.proc is not None and server.proc.returncode != -signal.SIGTERM
+    assert (tmp_path / "data" / "switchboard.db").is_file()
+    out, err = server.stdout(), server.stderr()
+    assert f"on http://127.0.0.1:{server.port}" in out and "integration marketplace" in out, out
+    assert "demo-token" not in out + err
+    for bad in ("Traceback", "ERROR", "CRITICAL", "Unclosed", "was destroyed", "never awaited", "Exception"):
+        assert bad not in err, f"{bad!r} in stderr:\n{err}"
