@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import logging
 from pathlib import Path
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
 import pluggy
@@ -57,6 +57,7 @@ class Switchboard:
         # Integration tokens are compared by their SHA-256, so lookups do not leak timing about the token.
         self._integrations = {_digest(i.token.get()): i for i in config.integrations}
         self.started = False
+        self.background = False  # set by start(): whether background workers (outbox, assigner, jobs) run
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self, *, background: bool = True) -> None:
@@ -64,6 +65,7 @@ class Switchboard:
 
         If any step fails, what was already started is stopped again before the error propagates.
         """
+        self.background = background
         await self.store.open()
         try:
             await self.hooks.startup(switchboard=self)
@@ -72,7 +74,9 @@ class Switchboard:
                     self.scheduler.add_job(
                         job.func, "interval", seconds=job.every.total_seconds(), id=job.id, kwargs=job.kwargs,
                         max_instances=1, coalesce=True,
-                        next_run_time=self.clock.now() if job.run_at_start else None,
+                        # The scheduler runs on real time, whatever clock the deployment reads (a manual clock
+                        # in the past would make APScheduler count every missed second since then).
+                        next_run_time=datetime.now(timezone.utc) if job.run_at_start else None,
                     )
                 self.scheduler.start()
         except BaseException:

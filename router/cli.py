@@ -56,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("message", metavar="MESSAGE.json", help="the message, or - for standard input")
     route.add_argument("--at", metavar="ISO-TIME", help="route as if it were this time (business hours)")
 
+    explain = with_config(commands.add_parser(
+        "explain", help="show why a case went where it went",
+        description="Print a case's routing decision (rule and reasons) and every assignment decision since: each "
+        "offer with its candidates and the agents passed over and why, declines, timeouts, escalations and SLA "
+        "events. Reads the store of the deployment (--data for embedded SQLite, or store: in the config).",
+    ))
+    explain.add_argument("ref", metavar="CASE-REF", help="the case reference, e.g. TK-1001")
+    explain.add_argument("--data", "-d", default=DEFAULT_DATA, metavar="DIR", help="where the embedded database lives")
+    explain.add_argument("--json", action="store_true", help="print the explanation as JSON")
+
     with_config(commands.add_parser(
         "plugins", help="list loaded plugins, their versions and hooks",
         description="List every plugin Switchboard would load with this configuration: built-ins first, then "
@@ -91,8 +101,10 @@ def cmd_route(args: argparse.Namespace) -> int:
     import json
     from datetime import datetime, timezone
 
+    from pydantic import ValidationError
+
     from router.app import Switchboard
-    from router.core.dryrun import dry_route, message_from
+    from router.core.dryrun import dry_route, message_from, qualified_agents
 
     config = load_config(args.config)
     sb = Switchboard(config, data_dir=DEFAULT_DATA)
@@ -100,7 +112,12 @@ def cmd_route(args: argparse.Namespace) -> int:
     try:
         message = message_from(json.loads(raw))
         at = datetime.fromisoformat(args.at).astimezone(timezone.utc) if args.at else None
-    except ValueError as exc:  # JSON, validation and time errors alike
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "message"
+            print(f"{args.message}: {where}: {error['msg']}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # JSON and time errors
         print(f"{args.message}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
     result = dry_route(sb, message, at)
@@ -114,6 +131,48 @@ def cmd_route(args: argparse.Namespace) -> int:
     print(f"skills required: {', '.join(route.required_skills) or 'none'}; "
           f"preferred: {', '.join(route.preferred_skills) or 'none'}")
     print(f"SLA policy: {route.sla_policy or 'none'}; escalation: {route.escalation or 'none'}")
+    agents = qualified_agents(config, route)
+    if agents:
+        print(f"could take it: {', '.join(agents)}")
+    else:
+        wider = qualified_agents(config, route, drop_preferred=True) if route.preferred_skills else []
+        print("could take it: nobody in the configuration has these skills"
+              + (f"; once preferred skills are dropped: {', '.join(wider)}" if wider else ""))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from router.core.explain import explain_case, format_explanation
+    from router.core.store import make_store
+    from router.core.store.base import StoreUnavailable
+
+    config = load_config(args.config)
+    data_dir = Path(args.data)
+    if config.store.backend == "sqlite" and not (data_dir / config.store.sqlite.path).exists():
+        print(f"no database at {data_dir / config.store.sqlite.path}; pass --data DIR of the deployment",
+              file=sys.stderr)
+        return 1
+
+    async def read():
+        store = make_store(config, data_dir)
+        await store.open()
+        try:
+            return await explain_case(store, args.ref.strip().upper())
+        finally:
+            await store.close()
+
+    try:
+        found = asyncio.run(read())
+    except StoreUnavailable as exc:
+        print(f"cannot read the store: {exc}", file=sys.stderr)
+        return 1
+    if found is None:
+        print(f"no case {args.ref.upper()}", file=sys.stderr)
+        return 1
+    print(json.dumps(found, indent=2, ensure_ascii=False) if args.json else format_explanation(found))
     return 0
 
 
@@ -171,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"run": cmd_run, "check": cmd_check, "plugins": cmd_plugins, "route": cmd_route}[args.command]
+    handler = {"run": cmd_run, "check": cmd_check, "plugins": cmd_plugins, "route": cmd_route,
+               "explain": cmd_explain}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:

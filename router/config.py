@@ -153,7 +153,11 @@ class WebhookConfig(Model):
 class IntegrationConfig(Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
     token: Secret
-    scopes: list[Literal["ingest", "read"]] = Field(default_factory=lambda: ["ingest"])
+    scopes: list[Literal["ingest", "read", "agent", "supervise"]] = Field(
+        default_factory=lambda: ["ingest"],
+        description="ingest: post messages; read: cases, queue, agents; agent: act for agents (presence, offers, "
+                    "replies, status); supervise: change agents, transfer cases",
+    )
     trusted: bool = Field(default=False, description="may link identities and assert the sender's role")
     webhook: WebhookConfig | None = None
 

@@ -5,7 +5,6 @@ import asyncio
 import inspect
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -13,8 +12,13 @@ from aiohttp import web
 from router import hookimpl, hookspecs
 from router.channels import Channel, ScheduledJob, StartupError
 from router.config import ConfigError
+from router.core.assigner import ASSIGNER
 from router.core.model import DeliveryResult, OutboundStatus, Route
+from router.core.store.base import migrations
+from router.core.workforce import AgentState
 from tests.conftest import auth, make_config
+from tests.core.test_assignment import agent as assignment_agent
+from tests.core.test_assignment import sections as assignment_sections
 
 EMAIL = {"kind": "email", "value": "anna@example.com"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +124,7 @@ async def test_hook_switchboard_scheduled_jobs(store_factory):
     await sb.start()  # a real start: jobs run in the application's one scheduler
     try:
         await asyncio.wait_for(ran.wait(), timeout=5)
-        assert [job.id for job in sb.scheduler.get_jobs()] == ["poll"]
+        assert sorted(job.id for job in sb.scheduler.get_jobs()) == ["assignment.tick", "poll"]  # with the built-in
     finally:
         await sb.stop()
 
@@ -140,7 +144,7 @@ async def test_hook_switchboard_startup(harness_factory):
             seen.append(await switchboard.store.schema_version())  # the store is open by then
 
     await harness_factory(plugins=(Opener(),))
-    assert seen == [1]
+    assert seen == [len(migrations("sqlite"))]
 
 
 async def test_hook_switchboard_shutdown(harness_factory):
@@ -214,32 +218,45 @@ async def test_hook_switchboard_select_route(harness_factory):
     assert routed.data["route"]["reasons"] == ["text mentions refund"]
 
 
-async def test_hook_switchboard_choose_agent(harness):
+async def test_hook_switchboard_choose_agent(harness_factory):
     t0 = datetime(2026, 1, 5, 9, tzinfo=timezone.utc)
-    busy = SimpleNamespace(id="busy", load=2, last_assigned_at=t0)
-    fresh = SimpleNamespace(id="fresh", load=0, last_assigned_at=t0 + timedelta(minutes=5))
-    idle = SimpleNamespace(id="idle", load=0, last_assigned_at=t0)
+    busy = AgentState("busy", "Busy", {}, {"default": 3}, load={"api": 2}, last_assigned_at=t0)
+    fresh = AgentState("fresh", "Fresh", {}, {"default": 3}, last_assigned_at=t0 + timedelta(minutes=5))
+    idle = AgentState("idle", "Idle", {}, {"default": 3}, last_assigned_at=t0)
+    harness = await harness_factory()
     hooks = harness.sb.hooks
-    # the built-in strategy: least loaded, then longest since the last assignment
+    # the built-in strategy: least loaded, then longest since the last offer
     assert hooks.choose_agent(case=None, route=Route(), candidates=[busy, fresh, idle]) is idle
     assert hooks.choose_agent(case=None, route=Route(), candidates=[]) is None
-
-    class Senior:
-        @hookimpl
-        def switchboard_choose_agent(self, candidates):
-            return next((c for c in candidates if c.id == "busy"), None)
-
-    harness.sb.pm.register(Senior())
-    assert hooks.choose_agent(case=None, route=Route(), candidates=[busy, fresh, idle]) is busy
 
     class Rogue:
         @hookimpl(tryfirst=True)
         def switchboard_choose_agent(self):
-            return SimpleNamespace(id="stranger")
+            return AgentState("stranger", "Stranger", {}, {})
 
     harness.sb.pm.register(Rogue())
     with pytest.raises(RuntimeError, match="not one of the candidates"):
         hooks.choose_agent(case=None, route=Route(), candidates=[busy])
+
+    # A strategy decides who really gets the offer: the most experienced Italian speaker for Italian cases.
+    class BestLinguist:
+        @hookimpl
+        def switchboard_choose_agent(self, case, candidates):
+            if case.language != "it":
+                return None
+            return max(candidates, key=lambda a: (a.skills.get("lang:it", 0), a.id))
+
+    agents = [assignment_agent("anna", languages={"it": 2, "en": 5}), assignment_agent("bruno", languages={"it": 5})]
+    h = await harness_factory(make_config(**assignment_sections(agents)), plugins=(BestLinguist(),))
+    assigner = h.sb.stash[ASSIGNER]
+    for name in ("anna", "bruno"):
+        await assigner.set_presence(name, "online", by=name)
+    italian = await h.ingest(external_id="it1", sender=EMAIL, text="Buongiorno, ho un problema", language="it")
+    english = await h.ingest(external_id="en1", sender={"kind": "email", "value": "b@example.com"},
+                             text="Hello, I have a problem", language="en")
+    await assigner.settle()
+    assert assigner.work_for(italian.case.ref).offer.agent_id == "bruno"  # the strategy's pick
+    assert assigner.work_for(english.case.ref).offer.agent_id == "anna"  # no opinion: the fair default
 
 
 async def test_hook_switchboard_deliver(harness_factory):

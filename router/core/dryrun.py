@@ -19,6 +19,19 @@ class DryRun:
     labels: dict[str, Any]
 
 
+def qualified_agents(config: Any, route: Route, *, drop_preferred: bool = False) -> list[str]:
+    """Agents in the configuration holding every skill the route asks for (presence and schedule aside)."""
+    from router.core.requirements import Widening, agent_skills, requirement_for
+    from router.core.workforce import satisfies
+
+    req = requirement_for(line=route.line, team=route.team, tier=route.tier, required_skills=route.required_skills,
+                          preferred_skills=route.preferred_skills, tiers=config.tiers,
+                          widening=Widening(drop_preferred=drop_preferred))
+    return [a.id for a in config.agents
+            if satisfies(agent_skills(lines=a.lines, teams=a.teams, tier=a.tier, languages=a.languages,
+                                      skills=a.skills), req)]
+
+
 def dry_route(switchboard: Any, message: InboundMessage, at: datetime | None = None) -> DryRun:
     """Classify and route `message` as the dispatcher would for a new case from a new customer."""
     sb = switchboard

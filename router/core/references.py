@@ -14,6 +14,7 @@ from router.routing_config import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.config import Config
+    from router.routing_config import AgentConfig
 
 URGENCIES = ("safety", "normal")
 EXACT_CONDITIONS = ("pattern", "business_hours", "expr")
@@ -74,13 +75,21 @@ def check_references(config: "Config") -> list[str]:
         at = f"agents[{i}]"
         if ids.count(agent.id) > 1 and ids.index(agent.id) != i:
             problems.append(f"{at}.id: {agent.id!r} is used by another agent")
-        known.subset(agent.lines, list(config.lines), "line", f"{at}.lines", problems)
-        known.subset(agent.teams, list(config.teams), "team", f"{at}.teams", problems)
-        known.name(agent.tier, config.tiers, "tier", f"{at}.tier", problems)
-        known.subset(list(agent.languages), config.instance.languages, "language", f"{at}.languages", problems)
-        known.subset(list(agent.skills), config.skills, "skill", f"{at}.skills", problems)
-        if agent.schedule is not None:
-            known.calendar(agent.schedule.calendar, f"{at}.schedule.calendar", problems)
+        problems.extend(check_agent(config, agent, at))
+    return problems
+
+
+def check_agent(config: "Config", agent: "AgentConfig", at: str = "agent") -> list[str]:
+    """An agent's lines, teams, tier, languages, skills and calendar are all defined (config or API)."""
+    problems: list[str] = []
+    known = _Known(config)
+    known.subset(agent.lines, list(config.lines), "line", f"{at}.lines", problems)
+    known.subset(agent.teams, list(config.teams), "team", f"{at}.teams", problems)
+    known.name(agent.tier, config.tiers, "tier", f"{at}.tier", problems)
+    known.subset(list(agent.languages), config.instance.languages, "language", f"{at}.languages", problems)
+    known.subset(list(agent.skills), config.skills, "skill", f"{at}.skills", problems)
+    if agent.schedule is not None:
+        known.calendar(agent.schedule.calendar, f"{at}.schedule.calendar", problems)
     return problems
 
 

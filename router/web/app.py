@@ -5,7 +5,7 @@ from aiohttp import web
 
 from router.app import Switchboard
 from router.channels import StartupError
-from router.web import api
+from router.web import api, assignment_api
 from router.web.errors import error_middleware
 
 SWITCHBOARD = web.AppKey("switchboard", Switchboard)
@@ -20,6 +20,7 @@ def create_app(switchboard: Switchboard) -> web.Application:
     app.router.add_get("/metrics", api.metrics)
     app.router.add_get("/api/v1/cases", api.list_cases)
     app.router.add_get("/api/v1/cases/{ref}", api.get_case)
+    app.router.add_routes(assignment_api.routes())
     taken = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
     for plugin, route in switchboard.hooks.web_routes(switchboard=switchboard):
         if isinstance(route, web.StaticDef):

@@ -7,7 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
+from router.core.assigner import AssignmentError
 from router.core.dispatcher import InvalidInbound
+from router.core.model import InvalidTransition
 from router.core.store.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status >= 400 and exc.content_type != "application/json":
             return json_error(exc.status, _CODES.get(exc.status, "http_error"), exc.text or exc.reason)
         raise
+    except AssignmentError as exc:
+        return json_error(exc.status, exc.code, exc.detail)
+    except InvalidTransition as exc:
+        return json_error(409, "conflict", str(exc))
     except InvalidInbound as exc:
         return json_error(400, "invalid_message", str(exc), fields=[{"field": exc.field, "problem": exc.reason}])
     except StoreUnavailable as exc:

@@ -1,6 +1,7 @@
 """The `switchboard` command as an operator uses it: check a configuration, list plugins, run and stop the router."""
 from __future__ import annotations
 
+from router.core.store.base import migrations
 import re
 import signal
 from pathlib import Path
@@ -162,7 +163,7 @@ def test_plugins_lists_the_builtins_and_their_hooks():
     listing = plugin_listing(result.stdout)
     assert listing == {
         "api": ["deliver", "register_channels", "shutdown", "startup", "web_routes"],
-        "core.assignment": ["choose_agent"],
+        "core.assignment": ["case_event", "choose_agent", "scheduled_jobs", "shutdown", "startup"],
         "core.routing": ["classify", "select_route", "startup"],
     }, result.stdout
     assert "blocked:" not in result.stdout
@@ -202,7 +203,7 @@ async def test_run_serves_the_example_configuration_and_stops_cleanly_on_sigterm
     server = ServerProcess(EXAMPLE_CONFIG, tmp_path / "data", tmp_path / "logs", log_level=None)
     request.addfinalizer(server.ensure_stopped)
     server.start()
-    assert await server.wait_healthy() == {"status": "ok", "store": "sqlite", "schema_version": 1}
+    assert await server.wait_healthy() == {"status": "ok", "store": "sqlite", "schema_version": len(migrations("sqlite"))}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         body = {"external_id": "order-42-msg-1", "sender": {"kind": "phone", "value": "333 123 4567"},
                 "text": "The courier left my parcel at the wrong door"}

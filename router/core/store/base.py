@@ -519,6 +519,90 @@ class Tx(abc.ABC):
         return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
+    # -- agents, offers and assignment state (router.core.assigner) -----------------------------------------
+    async def agents(self) -> list[Any]:
+        return await self.fetch(
+            "SELECT id, definition, source, presence, presence_at, last_assigned_at, updated_at FROM agents ORDER BY id"
+        )
+
+    async def upsert_agent(self, agent_id: str, definition: dict[str, Any], source: str, at: datetime) -> None:
+        """Create an agent (offline) or replace its definition; presence and history are kept."""
+        await self.execute(
+            "INSERT INTO agents (id, definition, source, presence, presence_at, updated_at) "
+            "VALUES ($1, $2, $3, 'offline', $4, $4) "
+            "ON CONFLICT (id) DO UPDATE SET definition = excluded.definition, source = excluded.source, "
+            "updated_at = excluded.updated_at",
+            agent_id, definition, source, at,
+        )
+
+    async def delete_agent(self, agent_id: str) -> None:
+        await self.execute("DELETE FROM agents WHERE id = $1", agent_id)
+
+    async def set_agent_presence(self, agent_id: str, presence: str, at: datetime) -> None:
+        await self.execute("UPDATE agents SET presence = $2, presence_at = $3 WHERE id = $1", agent_id, presence, at)
+
+    async def set_agent_assigned(self, agent_id: str, at: datetime) -> None:
+        await self.execute("UPDATE agents SET last_assigned_at = $2 WHERE id = $1", agent_id, at)
+
+    async def insert_offer(self, case_id: int, agent_id: str, channel: str, at: datetime, expires_at: datetime) -> int:
+        return await self.fetchval(
+            "INSERT INTO offers (case_id, agent_id, channel, status, created_at, expires_at) "
+            "VALUES ($1, $2, $3, 'pending', $4, $5) RETURNING id",
+            case_id, agent_id, channel, at, expires_at,
+        )
+
+    async def finish_offer(self, offer_id: int, status: str, at: datetime, reason: str | None) -> bool:
+        """Close a pending offer; False when it was no longer pending (someone else decided first)."""
+        done = await self.fetchval(
+            "UPDATE offers SET status = $2, decided_at = $3, reason = $4 WHERE id = $1 AND status = 'pending' "
+            "RETURNING id",
+            offer_id, status, at, reason,
+        )
+        return done is not None
+
+    async def pending_offers(self) -> list[Any]:
+        return await self.fetch(
+            "SELECT id, case_id, agent_id, channel, status, created_at, expires_at FROM offers "
+            "WHERE status = 'pending' ORDER BY id"
+        )
+
+    async def offers_for_case(self, case_id: int) -> list[Any]:
+        return await self.fetch(
+            "SELECT id, case_id, agent_id, channel, status, created_at, expires_at, decided_at, reason FROM offers "
+            "WHERE case_id = $1 ORDER BY id",
+            case_id,
+        )
+
+    async def put_case_work(self, case_id: int, agent_id: str | None, queued_at: datetime, state: dict[str, Any],
+                            at: datetime) -> None:
+        await self.execute(
+            "INSERT INTO case_work (case_id, agent_id, queued_at, state, updated_at) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (case_id) DO UPDATE SET agent_id = excluded.agent_id, queued_at = excluded.queued_at, "
+            "state = excluded.state, updated_at = excluded.updated_at",
+            case_id, agent_id, queued_at, state, at,
+        )
+
+    async def case_work(self, case_id: int) -> Any | None:
+        return await self.fetchrow(
+            "SELECT case_id, agent_id, queued_at, state, updated_at FROM case_work WHERE case_id = $1", case_id
+        )
+
+    async def open_cases_for_assignment(self) -> list[tuple[Case, Any | None]]:
+        """Every open case that has been routed, with its assignment state (None when it has none yet)."""
+        columns = ", ".join(f"c.{c.strip()}" for c in CASE_COLUMNS.split(","))
+        rows = await self.fetch(
+            f"SELECT {columns}, w.agent_id AS w_agent_id, w.queued_at AS w_queued_at, w.state AS w_state "
+            "FROM cases c LEFT JOIN case_work w ON w.case_id = c.id "
+            "WHERE c.status IN ('queued', 'offered', 'assigned', 'waiting_customer') ORDER BY c.id"
+        )
+        out = []
+        for row in rows:
+            work = None
+            if row["w_queued_at"] is not None:
+                work = {"agent_id": row["w_agent_id"], "queued_at": row["w_queued_at"], "state": _json(row["w_state"])}
+            out.append((case_from_row(row), work))
+        return out
+
 Unit = Callable[[Tx], Awaitable[T]]
 
 

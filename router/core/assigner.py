@@ -1,0 +1,818 @@
+"""Assignment: the queue of routed cases, offers to agents, SLA clocks and escalation, all explainable.
+
+One :class:`Assigner` per running Switchboard (in the stash, made by the ``core.assignment`` plugin). It keeps
+the working set in memory — agents in a :class:`~router.core.workforce.Workforce` index, every open routed
+case as a :class:`CaseWork` — and writes every decision to the store in one transaction with its event before
+changing memory, so a restart rebuilds the same state from the store (:meth:`Assigner.load`).
+
+Flow: the dispatcher routes a case and commits; the ``case.routed`` event reaches :meth:`Assigner.notice`; the
+background task (:meth:`settle`) picks the case up, queues it and offers it to the fairest eligible agent
+(``switchboard_choose_agent``). The agent accepts or declines through the API; a decline, a timeout or the
+agent going away puts the case back in the queue with its original age and without that agent. A periodic
+:meth:`tick` (every second) expires offers, applies escalation steps, raises SLA warnings and breaches, and
+follows agents' schedules. Every change that can free an agent or widen a case runs the queue again.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from router.core.calendar import BusinessCalendar
+from router.core.model import Case, CaseStatus, Direction, Event, Identity, Route, check_transition
+from router.core.requirements import Widening, agent_skills, next_tier, requirement_for
+from router.core.sla import FIRST_RESPONSE, NEXT_RESPONSE, RESOLUTION, SlaClocks, targets_for
+from router.core.workforce import ONLINE, PRESENCES, AgentState, Requirement, Selection, Workforce
+from router.routing_config import AgentConfig
+from router.stash import StashKey
+
+if TYPE_CHECKING:  # pragma: no cover
+    from router.app import Switchboard
+
+log = logging.getLogger(__name__)
+
+ASSIGNER = StashKey["Assigner"]()
+ACTOR = "assigner"
+WAITING_STATUSES = frozenset({CaseStatus.QUEUED})
+HELD_STATUSES = frozenset({CaseStatus.ASSIGNED, CaseStatus.WAITING_CUSTOMER})
+
+
+class AssignmentError(Exception):
+    """An action that cannot be done as asked (unknown agent or offer, offer no longer pending...)."""
+
+    def __init__(self, status: int, code: str, detail: str):
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+@dataclasses.dataclass(slots=True)
+class Offer:
+    id: int
+    case_id: int
+    agent_id: str
+    channel: str
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclasses.dataclass(slots=True)
+class CaseWork:
+    """An open, routed case as assignment sees it; `state` is what is persisted in case_work.state."""
+
+    case: Case
+    queued_at: datetime  # when it first waited: its age, kept across declines and timeouts
+    agent_id: str | None = None  # who holds it (assigned or waiting on customer)
+    offer: Offer | None = None
+    widening: Widening = Widening()
+    step: int = 0  # escalation steps applied
+    excluded: list[str] = dataclasses.field(default_factory=list)  # declined or let the offer expire
+    sla: SlaClocks | None = None
+    explained: Any = None  # the last "waiting" explanation written, so an unchanged one is not repeated
+
+    @property
+    def route(self) -> dict[str, Any]:
+        return self.case.route
+
+    @property
+    def safety_lane(self) -> bool:
+        return bool(self.case.route.get("safety_lane"))
+
+    def state(self) -> dict[str, Any]:
+        return {"widening": self.widening.as_dict(), "step": self.step, "excluded": self.excluded,
+                "sla": self.sla.as_dict() if self.sla else {}, "sla_policy": self.sla.policy if self.sla else None}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def requirement_text(req: Requirement) -> list[list[str]]:
+    """A requirement as operators write it: [["team:billing", "team:general"], ["lang:it>=3"]]."""
+    return [sorted(f"{name}>={level}" if level > 1 else name for name, level in group) for group in req]
+
+
+class Assigner:
+    def __init__(self, switchboard: "Switchboard"):
+        self.sb = switchboard
+        self.config = switchboard.config
+        self.workforce = Workforce()
+        self.definitions: dict[str, AgentConfig] = {}
+        self.sources: dict[str, str] = {}
+        self.schedules: dict[str, BusinessCalendar] = {}
+        self.schedule_change: dict[str, datetime | None] = {}
+        self.cases: dict[int, CaseWork] = {}
+        self.offers: dict[int, Offer] = {}
+        self.calendars = {name: BusinessCalendar(c) for name, c in self.config.calendars.items()}
+        self._inbox: list[Event] = []
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    async def load(self) -> None:
+        """Seed agents from config (unless changed through the API since) and rebuild state from the store."""
+        now = self.sb.clock.now()
+
+        async def seed(tx):
+            stored = {row["id"]: row for row in await tx.agents()}
+            for agent in self.config.agents:
+                row = stored.get(agent.id)
+                if row is None or row["source"] == "config":
+                    await tx.upsert_agent(agent.id, agent.model_dump(mode="json"), "config", now)
+            return await tx.agents(), await tx.pending_offers(), await tx.open_cases_for_assignment()
+
+        agents, offers, cases = await self.sb.store.write(seed)
+        for row in agents:
+            definition = AgentConfig.model_validate(_json(row["definition"]))
+            self._index_agent(definition, row["source"], presence=row["presence"],
+                              last_assigned_at=row["last_assigned_at"], now=now)
+        pending = [Offer(r["id"], r["case_id"], r["agent_id"], r["channel"], r["created_at"], r["expires_at"])
+                   for r in offers]
+        by_case = {o.case_id: o for o in pending}
+        fresh = []
+        for case, work in cases:
+            if work is None:
+                fresh.append(case.id)  # routed, but the process stopped before assignment saw it
+                continue
+            item = self._case_work(case, work["queued_at"], work["agent_id"], work["state"])
+            item.offer = by_case.get(case.id)
+            self.cases[case.id] = item
+            if item.offer is not None:
+                self.offers[item.offer.id] = item.offer
+                self._add_load(item.offer.agent_id, case.channel, +1)
+            elif case.status in HELD_STATUSES and item.agent_id:
+                self._add_load(item.agent_id, case.channel, +1)
+        for case_id in fresh:
+            await self._take_in(case_id)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="assigner")
+        self.wake()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.settle()
+            except Exception:  # noqa: BLE001 - the loop must survive; the next wake or tick retries
+                log.exception("assignment pass failed")
+                await asyncio.sleep(1)
+                self.wake()
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+    def notice(self, event: Event) -> None:
+        """Called for every committed case event (switchboard_case_event): queue what assignment must react to."""
+        if event.type in ("case.routed", "message.received", "case.status_changed"):
+            self._inbox.append(event)
+            self.wake()
+
+    async def settle(self) -> None:
+        """Take in what happened, then offer waiting cases to free agents until nothing more can be done."""
+        async with self._lock:
+            inbox, self._inbox = self._inbox, []
+            for event in inbox:
+                await self._react(event)
+            await self._drain()
+
+    async def tick(self) -> None:
+        """Periodic: expire offers, follow schedules, escalate, warn and breach SLAs; then run the queue."""
+        async with self._lock:
+            now = self.sb.clock.now()
+            for offer in [o for o in self.offers.values() if o.expires_at <= now]:
+                await self._close_offer(offer, "expired", "offer timed out", actor=ACTOR)
+            self._follow_schedules(now)
+            for work in list(self.cases.values()):
+                await self._escalate_if_due(work, now)
+                await self._check_sla(work, now)
+            await self._drain()
+
+    async def _react(self, event: Event) -> None:
+        case_id = event.case_id
+        if event.type == "case.routed":
+            await self._take_in(case_id)
+            return
+        work = self.cases.get(case_id)
+        if work is None:
+            return
+        now = self.sb.clock.now()
+        if event.type == "case.status_changed" and event.data.get("to") == CaseStatus.ASSIGNED.value:
+            work.case = dataclasses.replace(work.case, status=CaseStatus.ASSIGNED)  # the customer replied
+            if work.sla:
+                work.sla.resume(now)
+        if event.type == "message.received" and event.data.get("outcome") == "appended" and work.sla:
+            clocks = work.sla.clocks
+            if FIRST_RESPONSE in clocks and clocks[FIRST_RESPONSE]["stopped"] is not None:
+                targets = self._targets(work.case)
+                work.sla.start(NEXT_RESPONSE, targets.get(NEXT_RESPONSE), now)
+        await self._persist(work, [])
+
+    async def _take_in(self, case_id: int) -> None:
+        """A case was (re)routed: open its assignment state and SLA clocks, and queue it."""
+        now = self.sb.clock.now()
+
+        async def unit(tx):
+            case = await tx.case_by_id(case_id)
+            if case is None or case.status != CaseStatus.QUEUED:
+                return None, []
+            before = await tx.case_work(case.id)  # a reopened case has its earlier clocks
+            sla = self._sla_for(case, previous=_json(before["state"]).get("sla") if before else None)
+            targets = self._targets(case)
+            answered = FIRST_RESPONSE in sla.clocks and sla.clocks[FIRST_RESPONSE]["stopped"] is not None
+            # A reopened case that was answered before waits for the next response, not a first one.
+            sla.start(NEXT_RESPONSE if answered else FIRST_RESPONSE,
+                      targets.get(NEXT_RESPONSE if answered else FIRST_RESPONSE), now)
+            sla.start(RESOLUTION, targets.get(RESOLUTION), now)
+            work = CaseWork(case=case, queued_at=now, sla=sla)
+            await tx.put_case_work(case.id, None, now, work.state(), now)
+            due = {name: sla.clocks[name]["due"] for name in sla.clocks if sla.clocks[name]["stopped"] is None}
+            events = await tx.append_events(
+                [(case.id, "assignment.queued", {"queue_order": self._order_name(), "sla_policy": sla.policy,
+                                                  "sla_due": due})], ACTOR, now)
+            return work, events
+
+        work, events = await self.sb.store.write(unit)
+        if work is not None:
+            self.cases[case_id] = work
+        await self.sb.after_write(events)
+
+    # -- agents ---------------------------------------------------------------------------------------------
+    def _index_agent(self, definition: AgentConfig, source: str, *, presence: str,
+                     last_assigned_at: datetime | None, now: datetime) -> None:
+        previous = self.workforce.get(definition.id)
+        schedule = BusinessCalendar.from_schedule(definition.schedule, self.config.calendars)
+        self.definitions[definition.id] = definition
+        self.sources[definition.id] = source
+        self.schedules[definition.id] = schedule
+        self.schedule_change[definition.id] = schedule.next_change(now)
+        skills = agent_skills(lines=definition.lines, teams=definition.teams, tier=definition.tier,
+                              languages=definition.languages, skills=definition.skills)
+        self.workforce.upsert(AgentState(
+            id=definition.id, name=definition.name, skills=skills, capacity=dict(definition.capacity),
+            presence=presence, in_schedule=schedule.is_open(now),
+            load=dict(previous.load) if previous else {},
+            last_assigned_at=previous.last_assigned_at if previous else last_assigned_at,
+        ))
+
+    def _follow_schedules(self, now: datetime) -> None:
+        for agent_id, change in list(self.schedule_change.items()):
+            if change is not None and change <= now:
+                schedule = self.schedules[agent_id]
+                self.workforce.set_in_schedule(agent_id, schedule.is_open(now))
+                self.schedule_change[agent_id] = schedule.next_change(now)
+
+    def _add_load(self, agent_id: str, channel: str, delta: int) -> None:
+        if agent_id in self.workforce:
+            self.workforce.add_load(agent_id, channel, delta)
+
+    def agent_view(self, agent_id: str) -> dict[str, Any]:
+        agent = self.workforce.get(agent_id)
+        if agent is None:
+            raise AssignmentError(404, "not_found", f"no agent {agent_id!r}")
+        definition = self.definitions[agent_id]
+        return {
+            "id": agent.id, "name": agent.name, "presence": agent.presence, "in_schedule": agent.in_schedule,
+            "load": dict(agent.load), "capacity": dict(agent.capacity),
+            "last_assigned_at": _iso(agent.last_assigned_at), "source": self.sources[agent_id],
+            "definition": definition.model_dump(mode="json"),
+            "offers": [{"id": o.id, "case": self.cases[o.case_id].case.ref, "expires_at": o.expires_at.isoformat()}
+                       for o in self.offers.values() if o.agent_id == agent_id and o.case_id in self.cases],
+            "cases": sorted(w.case.ref for w in self.cases.values() if w.agent_id == agent_id),
+        }
+
+    async def put_agent(self, definition: AgentConfig, *, by: str) -> None:
+        """Create or change an agent at run time; from now on the store's copy wins over config."""
+        from router.core.references import check_agent
+
+        problems = check_agent(self.config, definition)
+        if problems:
+            raise AssignmentError(400, "invalid_agent", "; ".join(problems))
+        async with self._lock:
+            now = self.sb.clock.now()
+
+            async def unit(tx):
+                await tx.upsert_agent(definition.id, definition.model_dump(mode="json"), "api", now)
+                return await tx.append_events([(None, "agent.changed", {"agent": definition.id, "by": by})], by, now)
+
+            events = await self.sb.store.write(unit)
+            current = self.workforce.get(definition.id)
+            self._index_agent(definition, "api", presence=current.presence if current else "offline",
+                              last_assigned_at=None, now=now)
+            await self.sb.after_write(events)
+            await self._drain()
+
+    async def remove_agent(self, agent_id: str, *, by: str) -> None:
+        """Take an agent out: pending offers are rescinded, cases they held go back to the queue."""
+        async with self._lock:
+            if agent_id not in self.workforce:
+                raise AssignmentError(404, "not_found", f"no agent {agent_id!r}")
+            await self._rescind_offers(agent_id, "agent removed", actor=by)
+            for work in [w for w in self.cases.values() if w.agent_id == agent_id]:
+                await self._requeue(work, "case.requeued", {"reason": "agent removed", "agent": agent_id}, actor=by)
+            now = self.sb.clock.now()
+
+            async def unit(tx):
+                await tx.delete_agent(agent_id)
+                return await tx.append_events([(None, "agent.removed", {"agent": agent_id, "by": by})], by, now)
+
+            events = await self.sb.store.write(unit)
+            self.workforce.remove(agent_id)
+            for table in (self.definitions, self.sources, self.schedules, self.schedule_change):
+                table.pop(agent_id, None)
+            await self.sb.after_write(events)
+            await self._drain()
+
+    async def set_presence(self, agent_id: str, presence: str, *, by: str) -> None:
+        if presence not in PRESENCES:
+            raise AssignmentError(400, "bad_request", f"presence must be one of {sorted(PRESENCES)}, not {presence!r}")
+        async with self._lock:
+            agent = self.workforce.get(agent_id)
+            if agent is None:
+                raise AssignmentError(404, "not_found", f"no agent {agent_id!r}")
+            if agent.presence == presence:
+                return
+            now = self.sb.clock.now()
+            before = agent.presence
+
+            async def unit(tx):
+                await tx.set_agent_presence(agent_id, presence, now)
+                return await tx.append_events(
+                    [(None, "agent.presence", {"agent": agent_id, "from": before, "to": presence, "by": by})], by, now)
+
+            events = await self.sb.store.write(unit)
+            self.workforce.set_presence(agent_id, presence)
+            await self.sb.after_write(events)
+            if presence != ONLINE:
+                await self._rescind_offers(agent_id, f"agent went {presence}", actor=by)
+            await self._drain()
+
+    # -- offers ---------------------------------------------------------------------------------------------
+    async def accept(self, offer_id: int, agent_id: str) -> CaseWork:
+        async with self._lock:
+            offer = self._offer_for(offer_id, agent_id)
+            work = self.cases[offer.case_id]
+            now = self.sb.clock.now()
+            check_transition(work.case.status, CaseStatus.ASSIGNED)
+
+            async def unit(tx):
+                if not await tx.finish_offer(offer.id, "accepted", now, None):
+                    raise AssignmentError(409, "conflict", f"offer {offer.id} is no longer pending")
+                await tx.update_case(work.case.id, status=CaseStatus.ASSIGNED, updated_at=now)
+                await tx.put_case_work(work.case.id, agent_id, work.queued_at, work.state(), now)
+                waited = (now - work.queued_at).total_seconds()
+                return await tx.append_events(
+                    [(work.case.id, "assignment.accepted", {"agent": agent_id, "offer": offer.id,
+                                                           "waited_seconds": waited})], agent_id, now)
+
+            events = await self.sb.store.write(unit)
+            self.offers.pop(offer.id, None)
+            work.offer = None
+            work.agent_id = agent_id
+            work.case = dataclasses.replace(work.case, status=CaseStatus.ASSIGNED, updated_at=now)
+            await self.sb.after_write(events)
+            return work
+
+    async def decline(self, offer_id: int, agent_id: str, reason: str | None = None) -> None:
+        async with self._lock:
+            offer = self._offer_for(offer_id, agent_id)
+            await self._close_offer(offer, "declined", reason or "declined", actor=agent_id)
+            await self._drain()
+
+    def _offer_for(self, offer_id: int, agent_id: str) -> Offer:
+        offer = self.offers.get(offer_id)
+        if offer is None:
+            raise AssignmentError(409, "conflict", f"offer {offer_id} is not pending (taken, declined or expired)")
+        if offer.agent_id != agent_id:
+            raise AssignmentError(403, "forbidden", f"offer {offer_id} was made to another agent")
+        return offer
+
+    async def _close_offer(self, offer: Offer, status: str, reason: str, *, actor: str) -> None:
+        """Decline, expiry or rescission: the case goes back to the queue without this agent, keeping its age."""
+        work = self.cases[offer.case_id]
+        now = self.sb.clock.now()
+        excluded = work.excluded + ([offer.agent_id] if offer.agent_id not in work.excluded else [])
+
+        async def unit(tx):
+            if not await tx.finish_offer(offer.id, status, now, reason):
+                return []
+            await tx.update_case(work.case.id, status=CaseStatus.QUEUED, updated_at=now)
+            state = dataclasses.replace(work, excluded=excluded).state()
+            await tx.put_case_work(work.case.id, None, work.queued_at, state, now)
+            return await tx.append_events(
+                [(work.case.id, f"offer.{status}", {"agent": offer.agent_id, "offer": offer.id, "reason": reason})],
+                actor, now)
+
+        events = await self.sb.store.write(unit)
+        self.offers.pop(offer.id, None)
+        work.offer = None
+        work.excluded = excluded
+        work.explained = None
+        work.case = dataclasses.replace(work.case, status=CaseStatus.QUEUED, updated_at=now)
+        self._add_load(offer.agent_id, work.case.channel, -1)
+        await self.sb.after_write(events)
+
+    async def _rescind_offers(self, agent_id: str, reason: str, *, actor: str) -> None:
+        for offer in [o for o in self.offers.values() if o.agent_id == agent_id]:
+            await self._close_offer(offer, "rescinded", reason, actor=actor)
+
+    # -- the queue ------------------------------------------------------------------------------------------
+    def _order_name(self) -> str:
+        return self.config.offers.queue_order
+
+    def queue_key(self, work: CaseWork) -> tuple:
+        """Safety lane first; then priority and age, or SLA due time (offers.queue_order)."""
+        lane = 0 if work.safety_lane else 1
+        if self._order_name() == "sla_due" and work.sla is not None:
+            due = work.sla.earliest_due()
+            return (lane, 0 if due else 1, due or work.queued_at, work.queued_at, work.case.id)
+        return (lane, work.case.priority, work.queued_at, work.case.id)
+
+    def waiting(self) -> list[CaseWork]:
+        """Cases waiting for an agent, in the order they will be offered."""
+        return sorted((w for w in self.cases.values() if w.case.status in WAITING_STATUSES), key=self.queue_key)
+
+    def requirement(self, work: CaseWork) -> Requirement:
+        route = work.route
+        overflow = work.widening.overflow_team
+        overflow_tier = self.config.teams[overflow].tier if overflow and overflow in self.config.teams else None
+        return requirement_for(line=work.case.line, team=work.case.team, tier=work.case.tier,
+                               required_skills=route.get("required_skills") or (),
+                               preferred_skills=route.get("preferred_skills") or (),
+                               tiers=self.config.tiers, widening=work.widening, overflow_tier=overflow_tier)
+
+    def candidates(self, work: CaseWork) -> tuple[Requirement, Selection]:
+        req = self.requirement(work)
+        selection = self.workforce.select(req, work.case.channel, limit=self.config.offers.candidate_limit,
+                                          exclude=work.excluded, ignore_capacity=work.safety_lane)
+        return req, selection
+
+    async def _drain(self) -> None:
+        hopeless: set[tuple] = set()  # (requirement, channel, lane) that found nobody in this pass
+        for work in self.waiting():
+            req = self.requirement(work)
+            signature = (req, work.case.channel, work.safety_lane)
+            if signature in hopeless and not work.excluded:
+                continue
+            req, selection = self.candidates(work)
+            if not selection.candidates:
+                if not work.excluded:
+                    hopeless.add(signature)
+                await self._explain_waiting(work, req, selection)
+                continue
+            route = Route(**{k: v for k, v in work.route.items() if k in Route.__dataclass_fields__})
+            chosen = self.sb.hooks.choose_agent(case=work.case, route=route, candidates=selection.candidates)
+            if chosen is None:
+                await self._explain_waiting(work, req, selection, note="the assignment strategy chose nobody")
+                continue
+            await self._offer(work, chosen, req, selection)
+
+    def explanation(self, work: CaseWork, req: Requirement, selection: Selection) -> dict[str, Any]:
+        return {
+            "requirement": requirement_text(req), "channel": work.case.channel, "widening": work.widening.as_dict(),
+            "safety_lane": work.safety_lane, "excluded": list(work.excluded),
+            "candidates": [{"agent": agent_id, "load": load, "last_assigned_at": last}
+                           for agent_id, load, last in selection.scores],
+            "passed_over": dict(selection.passed_over), "examples": {k: v for k, v in selection.examples.items() if v},
+        }
+
+    async def _explain_waiting(self, work: CaseWork, req: Requirement, selection: Selection, note: str = "") -> None:
+        """Record why a case waits, once per distinct reason (not on every pass)."""
+        key = (requirement_text(req).__repr__(), tuple(sorted(selection.passed_over.items())), note)
+        if work.explained == key:
+            return
+        work.explained = key
+        now = self.sb.clock.now()
+        data = self.explanation(work, req, selection)
+        data["chosen"] = None
+        if note:
+            data["note"] = note
+        events = await self.sb.store.write(
+            lambda tx: tx.append_events([(work.case.id, "assignment.waiting", data)], ACTOR, now))
+        await self.sb.after_write(events)
+
+    async def _offer(self, work: CaseWork, agent: AgentState, req: Requirement, selection: Selection) -> None:
+        now = self.sb.clock.now()
+        channel = work.case.channel
+        expires = now + self.config.offers.timeout_for(channel)
+        data = self.explanation(work, req, selection)
+        data["chosen"] = agent.id
+        data["expires_at"] = expires.isoformat()
+        if work.safety_lane and agent.load.get(channel, 0) >= agent.capacity_for(channel):
+            data["over_capacity"] = True
+
+        async def unit(tx):
+            offer_id = await tx.insert_offer(work.case.id, agent.id, channel, now, expires)
+            await tx.update_case(work.case.id, status=CaseStatus.OFFERED, updated_at=now)
+            await tx.set_agent_assigned(agent.id, now)
+            data["offer"] = offer_id
+            events = await tx.append_events([(work.case.id, "offer.created", data)], ACTOR, now)
+            return offer_id, events
+
+        offer_id, events = await self.sb.store.write(unit)
+        offer = Offer(offer_id, work.case.id, agent.id, channel, now, expires)
+        self.offers[offer_id] = offer
+        work.offer = offer
+        work.explained = None
+        work.case = dataclasses.replace(work.case, status=CaseStatus.OFFERED, updated_at=now)
+        self.workforce.add_load(agent.id, channel, +1)
+        self.workforce.mark_assigned(agent.id, now)
+        await self.sb.after_write(events)
+
+    # -- case actions from agents and supervisors ----------------------------------------------------------
+    def work_for(self, ref: str) -> CaseWork:
+        for work in self.cases.values():
+            if work.case.ref == ref:
+                return work
+        raise AssignmentError(404, "not_found", f"no open, routed case {ref}")
+
+    async def reply(self, work: CaseWork, agent_id: str, text: str, *, waiting_customer: bool = False) -> int:
+        """The agent holding a case answers: the reply goes out on the channel the customer last wrote on,
+        response clocks stop and, with `waiting_customer`, the case waits on the customer (clocks paused).
+        Returns the outbound id, or 0 when the channel cannot be written back to (the reply is still kept)."""
+        if not text.strip():
+            raise AssignmentError(400, "bad_request", "a reply needs text")
+        async with self._lock:
+            if work.agent_id != agent_id or work.case.status not in HELD_STATUSES:
+                raise AssignmentError(409, "conflict", f"{work.case.ref} is not held by {agent_id!r}; accept it first")
+            now = self.sb.clock.now()
+            rows: list[tuple[int, str, dict[str, Any]]] = []
+            if work.sla:
+                for name in (FIRST_RESPONSE, NEXT_RESPONSE):
+                    clock = work.sla.stop(name, now)
+                    if clock is not None:
+                        rows.append((work.case.id, "sla.met" if clock["met"] else "sla.met_late",
+                                     {"clock": name, "due": clock["due"], "by": agent_id}))
+                if waiting_customer:
+                    work.sla.pause(now)
+            status = CaseStatus.WAITING_CUSTOMER if waiting_customer and work.case.status != CaseStatus.WAITING_CUSTOMER \
+                else None
+            if status is not None:
+                rows.append((work.case.id, "case.status_changed",
+                             {"from": work.case.status.value, "to": status.value, "by": agent_id}))
+            case = work.case
+
+            async def unit(tx):
+                inbound = [m for m in await tx.messages_for_case(case.id) if m.direction.value == "in"]
+                last = inbound[-1] if inbound else None
+                channel, account = (last.channel, last.account) if last else (case.channel, case.account)
+                message_id = await tx.insert_message(
+                    case_id=case.id, direction=Direction.OUTBOUND, channel=channel, account=account, external_id=None,
+                    conversation=(last.meta or {}).get("conversation") if last else None, sender=f"agent:{agent_id}",
+                    text=text, meta={"kind": "reply", "agent": agent_id}, at=now)
+                outbound_id = 0
+                registered = self.sb.channels.get(channel)
+                if last is not None and last.sender and registered is not None and registered.can_send(account):
+                    kind, _, value = last.sender.partition(":")
+                    outbound_id = await tx.enqueue_outbound(
+                        case_id=case.id, message_id=message_id, channel=channel, account=account,
+                        recipient=Identity(kind=kind, value=value), kind="reply", text=text,
+                        subject=f"Re: {case.subject or case.ref} [{case.ref}]",
+                        meta={"in_reply_to": last.external_id, "case_ref": case.ref, "agent": agent_id}, at=now)
+                sent = {"message_id": message_id, "agent": agent_id, "channel": channel, "outbound_id": outbound_id}
+                if not outbound_id:
+                    sent["note"] = f"channel {channel!r} cannot write back to account {account!r}: kept, not sent"
+                if status is not None:
+                    await tx.update_case(case.id, status=status, updated_at=now)
+                await tx.put_case_work(case.id, work.agent_id, work.queued_at, work.state(), now)
+                events = await tx.append_events([(case.id, "message.sent", sent), *rows], agent_id, now)
+                return outbound_id, events
+
+            outbound_id, events = await self.sb.store.write(unit)
+            if status is not None:
+                work.case = dataclasses.replace(work.case, status=status, updated_at=now)
+            await self.sb.after_write(events, wake_outbox=bool(outbound_id))
+            return outbound_id
+
+    async def finish(self, work: CaseWork, status: CaseStatus, *, by: str) -> None:
+        """Resolve or close: the agent's capacity is freed and the resolution clock stops."""
+        async with self._lock:
+            check_transition(work.case.status, status)
+            now = self.sb.clock.now()
+            data = []
+            if work.sla:
+                for name in list(work.sla.clocks):
+                    clock = work.sla.stop(name, now)
+                    if clock is not None and name == RESOLUTION:
+                        data.append((work.case.id, "sla.met" if clock["met"] else "sla.met_late",
+                                     {"clock": name, "due": clock["due"], "by": by}))
+            data.append((work.case.id, "case.status_changed",
+                         {"from": work.case.status.value, "to": status.value, "by": by}))
+            offer = work.offer
+
+            async def unit(tx):
+                if offer is not None:
+                    await tx.finish_offer(offer.id, "rescinded", now, f"case {status.value}")
+                await tx.update_case(work.case.id, status=status, updated_at=now,
+                                     resolved_at=now if status == CaseStatus.RESOLVED else work.case.resolved_at)
+                await tx.put_case_work(work.case.id, work.agent_id, work.queued_at, work.state(), now)
+                return await tx.append_events(data, by, now)
+
+            events = await self.sb.store.write(unit)
+            self._release(work)
+            if offer is not None:
+                self.offers.pop(offer.id, None)
+            del self.cases[work.case.id]
+            await self.sb.after_write(events)
+            await self._drain()
+
+    def _release(self, work: CaseWork) -> None:
+        holder = work.offer.agent_id if work.offer is not None else work.agent_id
+        if holder is not None and (work.offer is not None or work.case.status in HELD_STATUSES):
+            self._add_load(holder, work.case.channel, -1)
+
+    async def transfer(self, work: CaseWork, *, by: str, reason: str, line: str | None = None,
+                       team: str | None = None, tier: str | None = None, priority: int | None = None) -> None:
+        """Move a case to another line/team/tier (manual): it goes back to the queue there, widening reset."""
+        problems = [f"unknown {kind} {value!r}" for kind, value, known in
+                    (("line", line, self.config.lines), ("team", team, self.config.teams),
+                     ("tier", tier, self.config.tiers)) if value is not None and value not in known]
+        if problems:
+            raise AssignmentError(400, "bad_request", "; ".join(problems))
+        async with self._lock:
+            changes = {k: v for k, v in (("line", line), ("team", team), ("tier", tier), ("priority", priority))
+                       if v is not None}
+            if not changes:
+                raise AssignmentError(400, "bad_request", "give at least one of line, team, tier, priority")
+            before = {k: getattr(work.case, k) for k in changes}
+            await self._requeue(work, "case.transferred", {"from": before, "to": changes, "reason": reason, "by": by},
+                                actor=by, changes=changes, reset=True)
+            await self._drain()
+
+    async def escalate(self, work: CaseWork, *, by: str, reason: str) -> None:
+        """Manual escalation: the next tier, one step more urgent, back to the queue."""
+        above = next_tier(work.case.tier, self.config.tiers)
+        if above is None:
+            raise AssignmentError(409, "conflict", f"{work.case.ref} is already at the top tier ({work.case.tier})")
+        async with self._lock:
+            changes = {"tier": above, "priority": max(1, work.case.priority - 1)}
+            await self._requeue(work, "case.escalated",
+                                {"from": {"tier": work.case.tier, "priority": work.case.priority}, "to": changes,
+                                 "reason": reason, "by": by, "manual": True},
+                                actor=by, changes=changes, reset=True)
+            await self._drain()
+
+    async def _requeue(self, work: CaseWork, event_type: str, data: dict[str, Any], *, actor: str,
+                       changes: dict[str, Any] | None = None, reset: bool = False) -> None:
+        """Back to the queue (from wherever it is), keeping its age; with `changes` to line/team/tier/priority."""
+        now = self.sb.clock.now()
+        changes = dict(changes or {})
+        route = dict(work.case.route)
+        route.update({k: v for k, v in changes.items()})
+        offer = work.offer
+        status_changes: dict[str, Any] = {}
+        if work.case.status != CaseStatus.QUEUED:
+            check_transition(work.case.status, CaseStatus.QUEUED)
+            status_changes["status"] = CaseStatus.QUEUED
+        new = dataclasses.replace(work, agent_id=None, offer=None,
+                                  widening=Widening() if reset else work.widening,
+                                  excluded=[] if reset else work.excluded)
+
+        async def unit(tx):
+            if offer is not None:
+                await tx.finish_offer(offer.id, "rescinded", now, event_type)
+            await tx.update_case(work.case.id, **changes, **status_changes, route=route, updated_at=now)
+            await tx.put_case_work(work.case.id, None, work.queued_at, new.state(), now)
+            return await tx.append_events([(work.case.id, event_type, data)], actor, now)
+
+        events = await self.sb.store.write(unit)
+        self._release(work)
+        if offer is not None:
+            self.offers.pop(offer.id, None)
+        work.agent_id, work.offer, work.widening, work.excluded = None, None, new.widening, new.excluded
+        work.explained = None
+        work.case = dataclasses.replace(work.case, **changes, **status_changes, route=route, updated_at=now)
+        await self.sb.after_write(events)
+
+    # -- escalation and SLAs ---------------------------------------------------------------------------------
+    def _policy(self, work: CaseWork):
+        name = work.route.get("escalation")
+        return self.config.escalation_policies.get(name) if name else None
+
+    async def _escalate_if_due(self, work: CaseWork, now: datetime) -> None:
+        policy = self._policy(work)
+        if policy is None or work.case.status not in WAITING_STATUSES or work.step >= len(policy.steps):
+            return
+        step = policy.steps[work.step]
+        if now - work.queued_at < step.after:
+            return
+        widening = Widening(
+            drop_preferred=work.widening.drop_preferred or step.drop_preferred_skills,
+            allow_next_tier=work.widening.allow_next_tier or step.allow_next_tier,
+            overflow_team=step.overflow_team or work.widening.overflow_team,
+        )
+        priority = max(1, work.case.priority - step.raise_priority)
+        data = {"step": work.step + 1, "policy": work.route.get("escalation"), "after": step.after.total_seconds(),
+                "widening": widening.as_dict(), "priority": {"from": work.case.priority, "to": priority},
+                "excluded_cleared": list(work.excluded)}
+        work.step += 1
+        work.widening = widening
+        work.excluded = []  # a wider target: agents who passed on the narrow one may be asked again
+        work.explained = None
+        changes = {"priority": priority} if priority != work.case.priority else {}
+        await self._persist(work, [(work.case.id, "case.escalated", data)], case_changes=changes)
+
+    async def _check_sla(self, work: CaseWork, now: datetime) -> None:
+        if work.sla is None:
+            return
+        alerts = work.sla.check(now)
+        if not alerts:
+            return
+        rows = [(work.case.id, f"sla.{'warning' if a.kind == 'warning' else 'breached'}",
+                 {"clock": a.clock, "due": a.due.isoformat(), "policy": work.sla.policy}) for a in alerts]
+        changes: dict[str, Any] = {}
+        policy = self._policy(work)
+        if any(a.kind == "breach" for a in alerts) and policy is not None:
+            action = policy.on_breach
+            data: dict[str, Any] = {"reason": "sla breached", "clocks": [a.clock for a in alerts if a.kind == "breach"]}
+            above = next_tier(work.case.tier, self.config.tiers) if action.next_tier else None
+            if above:
+                changes["tier"] = above
+            if action.raise_priority:
+                changes["priority"] = max(1, work.case.priority - action.raise_priority)
+            data["to"] = changes
+            rows.append((work.case.id, "case.escalated", data))
+            if action.notify_supervisors:
+                rows.append((work.case.id, "supervisors.notified",
+                             {"reason": f"SLA breached on {work.case.ref}", "clocks": data["clocks"]}))
+        # A case an agent already holds stays with them; the new tier counts if it goes back to the queue.
+        await self._persist(work, rows, case_changes=changes)
+
+    async def _persist(self, work: CaseWork, rows: list[tuple[int, str, dict[str, Any]]], *,
+                       case_changes: dict[str, Any] | None = None) -> None:
+        now = self.sb.clock.now()
+        changes = dict(case_changes or {})
+        route = None
+        if changes:
+            route = {**work.case.route, **changes}
+
+        async def unit(tx):
+            if changes:
+                await tx.update_case(work.case.id, **changes, route=route, updated_at=now)
+            await tx.put_case_work(work.case.id, work.agent_id, work.queued_at, work.state(), now)
+            return await tx.append_events(rows, ACTOR, now)
+
+        events = await self.sb.store.write(unit)
+        if changes:
+            work.case = dataclasses.replace(work.case, **changes, route=route, updated_at=now)
+        await self.sb.after_write(events)
+
+    def _sla_for(self, case: Case, previous: dict[str, Any] | None = None) -> SlaClocks:
+        name = case.route.get("sla_policy")
+        policy = self.config.sla_policies.get(name) if name else None
+        calendar_name = (policy.calendar if policy else None) or (
+            self.config.lines[case.line].calendar if case.line in self.config.lines else None)
+        calendar = self.calendars.get(calendar_name) if calendar_name else None
+        return SlaClocks(name, calendar or BusinessCalendar(None),
+                         policy.warn_before if policy else timedelta(0), previous)
+
+    def _targets(self, case: Case) -> dict[str, timedelta]:
+        name = case.route.get("sla_policy")
+        policy = self.config.sla_policies.get(name) if name else None
+        if policy is None:
+            return {}
+        return targets_for(policy, channel=case.channel, line=case.line, team=case.team, priority=case.priority)
+
+    def _case_work(self, case: Case, queued_at: datetime, agent_id: str | None, state: dict[str, Any]) -> CaseWork:
+        sla = self._sla_for(case, state.get("sla"))
+        return CaseWork(case=case, queued_at=queued_at, agent_id=agent_id,
+                        widening=Widening.from_dict(state.get("widening")), step=int(state.get("step", 0)),
+                        excluded=list(state.get("excluded", [])), sla=sla)
+
+    # -- reading --------------------------------------------------------------------------------------------
+    def queue_view(self) -> list[dict[str, Any]]:
+        out = []
+        for position, work in enumerate(self.waiting(), start=1):
+            req, selection = self.candidates(work)
+            out.append({
+                "position": position, "ref": work.case.ref, "priority": work.case.priority, "line": work.case.line,
+                "team": work.case.team, "tier": work.case.tier, "channel": work.case.channel,
+                "queued_at": work.queued_at.isoformat(), "safety_lane": work.safety_lane,
+                "sla_due": _iso(work.sla.earliest_due()) if work.sla else None, "escalation_step": work.step,
+                "explanation": self.explanation(work, req, selection),
+            })
+        return out
+
+
+def _json(value: Any) -> Any:
+    import json
+
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def assigner(switchboard: Any) -> Assigner:
+    return switchboard.stash[ASSIGNER]
+
