@@ -23,14 +23,21 @@ class Metrics:
             ["channel", "status"], registry=self.registry,
         )
         self.cases = Gauge("switchboard_cases", "Cases by status", ["status"], registry=self.registry)
+        self._ingest_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self.rejected = Counter(
             "switchboard_inbound_rejected", "Inbound requests refused, by channel and reason", ["channel", "reason"],
             registry=self.registry,
         )
 
     def observe_ingest(self, channel: str, outcome: str, seconds: float) -> None:
-        self.inbound.labels(channel, outcome).inc()
-        self.ingest_latency.labels(channel).observe(seconds)
+        # The labelled children are looked up once per label set: labels() takes a lock and builds keys each call.
+        children = self._ingest_children.get((channel, outcome))
+        if children is None:
+            children = self._ingest_children[(channel, outcome)] = (
+                self.inbound.labels(channel, outcome), self.ingest_latency.labels(channel)
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def set_case_counts(self, counts: dict[str, int]) -> None:
         for status in CaseStatus:

@@ -1,6 +1,8 @@
 """The generic API channel: integrations POST normalised JSON messages and receive answers as signed webhooks."""
 from __future__ import annotations
 
+import json
+
 import aiohttp
 from aiohttp import web
 
@@ -14,6 +16,7 @@ from router.web.api import require_integration
 from router.web.errors import HTTPProblem
 
 HTTP_SESSION = StashKey[aiohttp.ClientSession]()
+_json_str = json.JSONEncoder().encode  # a JSON string literal, escaped as json.dumps escapes it
 
 
 @hookimpl
@@ -43,14 +46,13 @@ def switchboard_web_routes(switchboard):
             raise HTTPProblem(400, "invalid_message", str(exc), fields=exc.problems) from None
         result = await switchboard.dispatcher.ingest(message)
         status = 200 if result.outcome is IngestOutcome.DUPLICATE else 202
-        return web.json_response(
-            {
-                "outcome": result.outcome.value,
-                "case": {"ref": result.case.ref, "id": result.case.id, "status": result.case.status.value},
-                "message_id": result.message_id,
-            },
-            status=status,
+        # The same text web.json_response would send (json.dumps with its default spacing), built directly.
+        case = result.case
+        text = (
+            f'{{"outcome": {_json_str(result.outcome.value)}, "case": {{"ref": {_json_str(case.ref)}, '
+            f'"id": {int(case.id)}, "status": {_json_str(case.status.value)}}}, "message_id": {int(result.message_id)}}}'
         )
+        return web.Response(text=text, status=status, content_type="application/json")
 
     return [web.post("/api/v1/messages", post_message)]
 

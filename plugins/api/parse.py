@@ -78,7 +78,9 @@ def parse_message(body: bytes, integration: IntegrationConfig) -> InboundMessage
             problems.append({"field": field, "problem": problem})
         raise InvalidPayload(problems) from None
     namespace = f"{integration.name}/"
-    thread = payload.thread.model_copy(update={"in_reply_to": [namespace + i for i in payload.thread.in_reply_to]})
+    thread = payload.thread
+    if thread.in_reply_to:
+        thread = thread.model_copy(update={"in_reply_to": [namespace + i for i in thread.in_reply_to]})
     # Every field was validated above with the same or stricter limits: build without validating twice.
     return InboundMessage.model_construct(
         channel=CHANNEL,

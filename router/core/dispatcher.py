@@ -18,6 +18,7 @@ from router.core.model import (
     IngestResult,
     InvalidIdentity,
     Route,
+    normalise_identity,
 )
 from router.core.store.base import Conflict, Tx
 
@@ -81,13 +82,13 @@ class Dispatcher:
             raise InvalidInbound("channel", f"unknown channel {message.channel!r}; known: {self.sb.channels.names()}")
         region = self.config.instance.default_region
         try:
-            sender = message.sender.normalised(region)
+            sender = _normalised(message.sender, region)
         except InvalidIdentity as exc:
             raise InvalidInbound("sender.value", str(exc)) from None
         linked = []
         for i, identity in enumerate(message.linked_identities):
             try:
-                linked.append(identity.normalised(region))
+                linked.append(_normalised(identity, region))
             except InvalidIdentity as exc:
                 raise InvalidInbound(f"linked_identities.{i}.value", str(exc)) from None
         role = message.context.role
@@ -172,7 +173,10 @@ class Dispatcher:
                     {"from": previous.status.value, "to": CaseStatus.ASSIGNED.value, "reason": "customer replied"},
                 )
             await tx.update_case(previous.id, **changes)
-            return dataclasses.replace(previous, **changes), IngestOutcome.APPENDED
+            # `previous` was read in this unit and is nobody else's: update it in place (cheaper than replace()).
+            for name, value in changes.items():
+                setattr(previous, name, value)
+            return previous, IngestOutcome.APPENDED
         window = self.config.threading.reopen_window
         if (
             previous is not None
@@ -272,7 +276,11 @@ class Dispatcher:
             meta["raw_ref"] = message.raw_ref
         if message.language:
             meta["language"] = message.language
-        context = message.context.model_dump(exclude_defaults=True)
+        ctx = message.context
+        context = (
+            ctx.model_dump(exclude_defaults=True) if ctx.role is not None or ctx.order_id is not None or ctx.attributes
+            else None  # all defaults (the common case): nothing to dump
+        )
         if context:
             meta["context"] = context
         if message.auto_generated:
@@ -353,6 +361,12 @@ class Dispatcher:
         work.event(case.id, "outbound.queued",
             {"outbound_id": outbound_id, "kind": "ack", "channel": message.channel, "recipient": str(message.sender)},
         )
+
+
+def _normalised(identity: Identity, region: str | None) -> Identity:
+    """`identity.normalised(region)`, reusing `identity` when it is already in normal form."""
+    value = normalise_identity(identity.kind, identity.value, default_region=region)
+    return identity if value == identity.value and type(identity) is Identity else Identity(kind=identity.kind, value=value)
 
 
 def _reply_subject(subject: str | None, ref: str) -> str:

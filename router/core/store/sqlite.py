@@ -7,15 +7,18 @@ happens while the event loop goes on accepting requests. Every caller's future r
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import re
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from router.core.model import Outbound, OutboundStatus
+import orjson
+
+from router.core.model import Event, Outbound, OutboundStatus
 from router.core.store.base import OUTBOX_COLUMNS, Store, StoreUnavailable, Tx, Unit, migrations, outbound_from_row
 
 log = logging.getLogger(__name__)
@@ -30,17 +33,61 @@ def _sql(sql: str, cache: dict[str, str] = {}) -> str:  # noqa: B006 - a deliber
     return converted
 
 
+_RETURNING_ID = " RETURNING id"
+
+
+def _insert_returning_id(sql: str, cache: dict[str, tuple[str, str] | None] = {}) -> tuple[str, str] | None:  # noqa: B006
+    """For `INSERT INTO t (...) VALUES (...) RETURNING id` of one row: (t, the statement without RETURNING in
+    SQLite's placeholders). None for anything else (several rows, INSERT ... SELECT, ON CONFLICT, ...)."""
+    try:
+        return cache[sql]
+    except KeyError:
+        pass
+    found = None
+    head = sql.lstrip()
+    if head[:12].upper() == "INSERT INTO " and sql.endswith(_RETURNING_ID):
+        body = sql[: -len(_RETURNING_ID)]
+        upper = body.upper()
+        table = head[12:].split("(", 1)[0].strip()
+        if (
+            table.isidentifier()
+            and upper.count(" VALUES ") == 1
+            and body.rstrip().endswith(")")
+            and "SELECT" not in upper
+            and " ON CONFLICT" not in upper
+            and "),(" not in upper.replace(" ", "")
+        ):
+            found = (table, _sql(body))
+    cache[sql] = found
+    return found
+
+
+def _dumps(value: Any) -> str:
+    """Compact JSON text, as json.dumps(separators=(",", ":"), ensure_ascii=False) writes it, but faster."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:  # what orjson refuses (integers past 64 bits, ...): the standard library
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:  # NaN, integers past 64 bits, ...: what json.dumps may have written
+        return json.loads(raw)
+
+
 def _param(value: Any) -> Any:
     if isinstance(value, datetime):
         # One fixed format in UTC, so that text comparisons in SQL order instants correctly.
         return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
     if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return _dumps(value)
     return value
 
 
 sqlite3.register_converter("TIMESTAMPTZ", lambda raw: datetime.fromisoformat(raw.decode()))
-sqlite3.register_converter("JSONB", lambda raw: json.loads(raw))
+sqlite3.register_converter("JSONB", _loads)
 
 
 def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -57,22 +104,36 @@ def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
     return conn
 
 
+_UPDATE_SQL: dict[tuple[str, ...], str] = {}
+
+# Parameter types sqlite3 binds as they are (subclasses such as str enums go through the slower checks).
+_PLAIN = frozenset({str, int, type(None), float, bytes, bool})
+
+
 class SqliteTx(Tx):
     def __init__(self, conn: sqlite3.Connection):
         self._conn = conn
         # A unit passes the same `now` many times; convert it once.
         self._last_time: datetime | None = None
         self._last_text = ""
+        self._rowid_tables: dict[str, bool] = {}
 
-    def _params(self, args: tuple[Any, ...]) -> list[Any]:
+    def _params(self, args: tuple[Any, ...]) -> tuple[Any, ...] | list[Any]:
+        for value in args:
+            if type(value) not in _PLAIN:
+                break
+        else:  # the common case: nothing to convert
+            return args
         out = []
         for value in args:
-            if isinstance(value, datetime):
+            if type(value) in _PLAIN:
+                pass
+            elif isinstance(value, datetime):
                 if value is not self._last_time:
                     self._last_time, self._last_text = value, _param(value)
                 value = self._last_text
             elif isinstance(value, (dict, list)):
-                value = _param(value)
+                value = _dumps(value)
             out.append(value)
         return out
 
@@ -84,6 +145,50 @@ class SqliteTx(Tx):
 
     async def fetchrow(self, sql: str, *args: Any) -> Any | None:
         return self._conn.execute(_sql(sql), self._params(args)).fetchone()
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        insert = _insert_returning_id(sql)
+        if insert is not None and self._id_is_rowid(insert[0]):
+            # A one-row INSERT ... RETURNING id where id is the rowid: read it from the cursor, without SQLite
+            # materialising a result set.
+            cursor = self._conn.execute(insert[1], self._params(args))
+            return cursor.lastrowid if cursor.rowcount == 1 else None
+        row = self._conn.execute(_sql(sql), self._params(args)).fetchone()
+        return None if row is None else row[0]
+
+    def _id_is_rowid(self, table: str) -> bool:
+        """Whether `table.id` is an INTEGER PRIMARY KEY, i.e. an alias of the rowid (looked up once per table)."""
+        known = self._rowid_tables.get(table)
+        if known is None:
+            columns = self._conn.execute(f'PRAGMA table_info("{table}")').fetchall()
+            keys = [c for c in columns if c["pk"]]
+            pk_index = any(i["origin"] == "pk" for i in self._conn.execute(f'PRAGMA index_list("{table}")'))
+            known = self._rowid_tables[table] = (
+                len(keys) == 1 and keys[0]["name"] == "id" and keys[0]["type"].upper() == "INTEGER" and not pk_index
+            )
+        return known
+
+    async def _update(self, table: str, row_id: int, fields: dict[str, Any], allowed: frozenset[str] | set[str]) -> None:
+        # As Tx._update, with each (table, columns) statement built once.
+        for name in fields:
+            if name not in allowed:
+                raise ValueError(f"cannot update {table}.{sorted(set(fields) - set(allowed))}")
+        if not fields:
+            return
+        key = (table, *fields)
+        sql = _UPDATE_SQL.get(key)
+        if sql is None:
+            assignments = ", ".join(f"{name} = ?{i}" for i, name in enumerate(fields, start=2))
+            sql = _UPDATE_SQL[key] = f"UPDATE {table} SET {assignments} WHERE id = ?1"
+        self._conn.execute(sql, self._params((row_id, *fields.values())))
+
+    async def append_events(
+        self, rows: Sequence[tuple[int | None, str, dict[str, Any]]], actor: str, at: datetime
+    ) -> list[Event]:
+        if len(rows) == 1:  # the common case; a one-row INSERT reads its id without RETURNING
+            case_id, type, data = rows[0]
+            return [await self.append_event(case_id, type, actor, data, at)]
+        return await super().append_events(rows, actor, at)
 
     async def next_case_number(self) -> int:
         row = self._conn.execute(
@@ -126,6 +231,8 @@ class SqliteStore(Store):
         self._reader: sqlite3.Connection | None = None
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task[None] | None = None
+        # The thread that runs each COMMIT (and so the fsync), off the event loop.
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.batches = 0  # how many commits; with `writes` it shows the group-commit factor
         self.writes = 0
 
@@ -141,6 +248,7 @@ class SqliteStore(Store):
         self._migrate()
         self._reader = _connect(self.path, self.busy_timeout_ms)
         self._queue = asyncio.Queue()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._task = asyncio.create_task(self._run_writer(), name="sqlite-group-commit")
 
     def _migrate(self) -> None:
@@ -179,6 +287,9 @@ class SqliteStore(Store):
                 job = self._queue.get_nowait()
                 if not job.future.done():
                     job.future.set_exception(StoreUnavailable("the store is closing"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         for conn in (self._reader, self._writer):
             if conn is not None:
                 conn.close()
@@ -221,6 +332,16 @@ class SqliteStore(Store):
                     if not job.future.done():
                         job.future.set_exception(failure)
 
+    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+        assert self._executor is not None
+        work = self._executor.submit(fn, *args)
+        try:
+            return await asyncio.wrap_future(work)
+        except asyncio.CancelledError:
+            # The thread may still be using the connection: let it finish before anyone else touches it.
+            concurrent.futures.wait([work])
+            raise
+
     async def _commit_batch(self, conn: sqlite3.Connection, tx: SqliteTx, batch: list[_Job]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -241,7 +362,7 @@ class SqliteStore(Store):
                 else:
                     conn.execute("RELEASE unit")
                     results.append((job, True, value))
-            await asyncio.to_thread(conn.execute, "COMMIT")
+            await self._in_thread(conn.execute, "COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
