@@ -24,6 +24,7 @@ from router.core.calendar import BusinessCalendar
 from router.core.model import Case, CaseStatus, Direction, Event, Identity, Route, check_transition
 from router.core.requirements import Widening, agent_skills, next_tier, requirement_for
 from router.core.sla import FIRST_RESPONSE, NEXT_RESPONSE, RESOLUTION, SlaClocks, targets_for
+from router.core.tasks import cancel_and_wait
 from router.core.workforce import ONLINE, PRESENCES, AgentState, Requirement, Selection, Workforce
 from router.routing_config import AgentConfig
 from router.stash import StashKey
@@ -70,6 +71,7 @@ class CaseWork:
     excluded: list[str] = dataclasses.field(default_factory=list)  # declined or let the offer expire
     sla: SlaClocks | None = None
     explained: Any = None  # the last "waiting" explanation written, so an unchanged one is not repeated
+    requirement: tuple[tuple, Requirement] | None = None  # (what it was computed from, requirement)
 
     @property
     def route(self) -> dict[str, Any]:
@@ -152,13 +154,8 @@ class Assigner:
         self.wake()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -210,16 +207,19 @@ class Assigner:
         if work is None:
             return
         now = self.sb.clock.now()
+        changed = False
         if event.type == "case.status_changed" and event.data.get("to") == CaseStatus.ASSIGNED.value:
             work.case = dataclasses.replace(work.case, status=CaseStatus.ASSIGNED)  # the customer replied
             if work.sla:
                 work.sla.resume(now)
+                changed = True
         if event.type == "message.received" and event.data.get("outcome") == "appended" and work.sla:
             clocks = work.sla.clocks
             if FIRST_RESPONSE in clocks and clocks[FIRST_RESPONSE]["stopped"] is not None:
                 targets = self._targets(work.case)
-                work.sla.start(NEXT_RESPONSE, targets.get(NEXT_RESPONSE), now)
-        await self._persist(work, [])
+                changed |= work.sla.start(NEXT_RESPONSE, targets.get(NEXT_RESPONSE), now)
+        if changed:  # a follow-up while the clocks already run changes nothing worth a write
+            await self._persist(work, [])
 
     async def _take_in(self, case_id: int) -> None:
         """A case was (re)routed: open its assignment state and SLA clocks, and queue it."""
@@ -447,6 +447,16 @@ class Assigner:
 
     def requirement(self, work: CaseWork) -> Requirement:
         route = work.route
+        key = (work.case.line, work.case.team, work.case.tier, work.widening,
+               tuple(route.get("required_skills") or ()), tuple(route.get("preferred_skills") or ()))
+        if work.requirement is not None and work.requirement[0] == key:
+            return work.requirement[1]  # parsing skills costs more than this comparison
+        req = self._requirement(work)
+        work.requirement = (key, req)
+        return req
+
+    def _requirement(self, work: CaseWork) -> Requirement:
+        route = work.route
         overflow = work.widening.overflow_team
         overflow_tier = self.config.teams[overflow].tier if overflow and overflow in self.config.teams else None
         return requirement_for(line=work.case.line, team=work.case.team, tier=work.case.tier,
@@ -454,8 +464,8 @@ class Assigner:
                                preferred_skills=route.get("preferred_skills") or (),
                                tiers=self.config.tiers, widening=work.widening, overflow_tier=overflow_tier)
 
-    def candidates(self, work: CaseWork) -> tuple[Requirement, Selection]:
-        req = self.requirement(work)
+    def candidates(self, work: CaseWork, req: Requirement | None = None) -> tuple[Requirement, Selection]:
+        req = req or self.requirement(work)
         selection = self.workforce.select(req, work.case.channel, limit=self.config.offers.candidate_limit,
                                           exclude=work.excluded, ignore_capacity=work.safety_lane)
         return req, selection
@@ -467,7 +477,7 @@ class Assigner:
             signature = (req, work.case.channel, work.safety_lane)
             if signature in hopeless and not work.excluded:
                 continue
-            req, selection = self.candidates(work)
+            req, selection = self.candidates(work, req)
             if not selection.candidates:
                 if not work.excluded:
                     hopeless.add(signature)
@@ -484,7 +494,7 @@ class Assigner:
         return {
             "requirement": requirement_text(req), "channel": work.case.channel, "widening": work.widening.as_dict(),
             "safety_lane": work.safety_lane, "excluded": list(work.excluded),
-            "candidates": [{"agent": agent_id, "load": load, "last_assigned_at": last}
+            "candidates": [{"agent": agent_id, "load": load, "last_assigned_at": _iso(last)}
                            for agent_id, load, last in selection.scores],
             "passed_over": dict(selection.passed_over), "examples": {k: v for k, v in selection.examples.items() if v},
         }

@@ -37,6 +37,7 @@ class BusinessCalendar:
         self._covers_whole_week = not self._always_open and all(
             _covers_whole_day(spans) for spans in self._weekly
         )
+        self._known: tuple[datetime, datetime, bool] | None = None  # (from, until, is_open) last computed
 
     @classmethod
     def from_schedule(
@@ -60,6 +61,18 @@ class BusinessCalendar:
         at = _to_utc(at, "at")
         if self._always_open:
             return True
+        # Routing asks about "now" over and over: the answer holds from the last instant asked until the next
+        # change, so remember that stretch (one comparison instead of a walk over the week's spans).
+        known = self._known
+        if known is not None and known[0] <= at < known[1]:
+            return known[2]
+        answer = self._is_open(at)
+        change = self.next_change(at)
+        if change is not None:
+            self._known = (at, change, answer)
+        return answer
+
+    def _is_open(self, at: datetime) -> bool:
         day = self._local_date(at)
         # The neighbouring days are checked too: around a DST change at midnight an instant's local date
         # and the day whose span covers it can differ.

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from router.core.model import DeliveryResult, Outbound, OutboundStatus
 from router.core.store.base import StoreUnavailable
+from router.core.tasks import cancel_and_wait
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.app import Switchboard
@@ -38,13 +39,8 @@ class Outbox:
         self._task = asyncio.create_task(self._run(), name="outbox")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         poll = self.config.poll_interval.total_seconds()

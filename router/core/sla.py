@@ -56,12 +56,17 @@ class SlaClocks:
         self.calendar = calendar
         self.warn_before = warn_before
         self.clocks: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (state or {}).items()}
+        # When check() may next have something to say; every method that changes a clock resets it, so the
+        # periodic check of thousands of open cases costs one comparison each until something is due.
+        self._next: datetime | None = None
+        self._next_known = False
 
     def as_dict(self) -> dict[str, Any]:
         return {k: dict(v) for k, v in self.clocks.items()}
 
     def start(self, name: str, target: timedelta | None, now: datetime) -> bool:
         """Start (or restart) a clock; a running clock is left alone. False when nothing started."""
+        self._next_known = False
         if target is None:
             return False
         current = self.clocks.get(name)
@@ -75,6 +80,7 @@ class SlaClocks:
 
     def stop(self, name: str, now: datetime) -> dict[str, Any] | None:
         """Stop a running clock (its target was met, or breached and then met); returns the clock."""
+        self._next_known = False
         clock = self.clocks.get(name)
         if clock is None or clock["stopped"] is not None:
             return None
@@ -84,12 +90,14 @@ class SlaClocks:
         return clock
 
     def pause(self, now: datetime) -> None:
+        self._next_known = False
         for clock in self._running():
             if clock["paused_since"] is None:
                 clock["paused_since"] = now.isoformat()
                 clock["due"] = None
 
     def resume(self, now: datetime) -> None:
+        self._next_known = False
         for name, clock in self.clocks.items():
             if clock["stopped"] is None and clock["paused_since"] is not None:
                 self._resume(clock, now)
@@ -97,6 +105,11 @@ class SlaClocks:
 
     def check(self, now: datetime) -> list[Alert]:
         """Warnings and breaches due at `now` that have not been reported yet (each at most once)."""
+        if not self._next_known:
+            self._next, self._next_known = self.next_check(), True
+        if self._next is None or now < self._next:
+            return []
+        self._next_known = False
         alerts = []
         for name, clock in self.clocks.items():
             if clock["stopped"] is not None or clock["due"] is None:

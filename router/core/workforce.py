@@ -96,7 +96,7 @@ class Selection:
     candidates: list[AgentState]  # best first by fairness, at most `limit`
     passed_over: dict[str, int]  # every reason in REASONS -> agents not returned for it (0 included)
     examples: dict[str, list[str]]  # every reason -> up to 3 agent ids
-    scores: list[tuple[str, int, str | None]]  # per candidate: (id, total_load, last_assigned_at iso or None)
+    scores: list[tuple[str, int, datetime | None]]  # per candidate: (id, total_load, last_assigned_at)
 
 
 def _fairness(agent: AgentState) -> tuple:
@@ -130,9 +130,10 @@ class _Lane:
 
 
 class _Pool:
-    __slots__ = ("signature", "skills", "members", "offline", "outside", "ready", "lanes")
+    __slots__ = ("seq", "signature", "skills", "members", "offline", "outside", "ready", "lanes")
 
-    def __init__(self, signature: frozenset) -> None:
+    def __init__(self, signature: frozenset, seq: int) -> None:
+        self.seq = seq  # creation order: keeps lists of pools (and so examples) in a stable order
         self.signature = signature
         self.skills = dict(signature)
         self.members: dict[str, None] = {}
@@ -156,12 +157,11 @@ class _Slot:
 class _Entry:
     """A cached requirement: the pools that satisfy it (and those that do not, for examples), with the
     per-pool structures gathered into flat lists so that counting is ``sum(map(len, ...))``."""
-    __slots__ = ("pools", "pool_set", "others", "offlines", "outsides", "readies", "lanes")
+    __slots__ = ("pools", "pool_set", "offlines", "outsides", "readies", "lanes")
 
-    def __init__(self, pools: list[_Pool], others: list[_Pool]) -> None:
+    def __init__(self, pools: list[_Pool]) -> None:
         self.pools = pools
         self.pool_set = set(pools)
-        self.others = others
         self.offlines = [p.offline for p in pools]
         self.outsides = [p.outside for p in pools]
         self.readies = [p.ready for p in pools]
@@ -176,7 +176,9 @@ class Workforce:
     def __init__(self) -> None:
         self._slots: dict[str, _Slot] = {}
         self._pools: dict[frozenset, _Pool] = {}
+        self._by_skill: dict[str, set[_Pool]] = {}  # skill name -> pools whose agents hold it (any level)
         self._cache: dict[Requirement, _Entry] = {}
+        self._pool_seq = 0
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -311,7 +313,7 @@ class Workforce:
         # Merge the heads of the eligible pools' sorted lists until `limit` candidates (and up to 3 more, the
         # examples of "not_in_top") have been taken.
         candidates: list[AgentState] = []
-        scores: list[tuple[str, int, str | None]] = []
+        scores: list[tuple[str, int, datetime | None]] = []
         if available > 0:
             wanted = min(max(limit, 0), available)
             more = min(EXAMPLES_PER_REASON, available - wanted)
@@ -331,7 +333,7 @@ class Workforce:
                     continue
                 if len(candidates) < wanted:
                     candidates.append(slots[agent_id].agent)
-                    scores.append((agent_id, key[0], key[2].isoformat() if key[1] else None))
+                    scores.append((agent_id, key[0], key[2] if key[1] else None))
                     if len(candidates) == wanted and not more:
                         break
                 else:
@@ -348,10 +350,13 @@ class Workforce:
                     if len(found) == EXAMPLES_PER_REASON:
                         break
         found = examples["missing_skill"]
-        for pool in entry.others:
-            found.extend(islice(pool.members, EXAMPLES_PER_REASON - len(found)))
-            if len(found) == EXAMPLES_PER_REASON:
-                break
+        if missing:
+            eligible = entry.pool_set
+            for pool in self._pools.values():
+                if pool not in eligible:
+                    found.extend(islice(pool.members, EXAMPLES_PER_REASON - len(found)))
+                    if len(found) == EXAMPLES_PER_REASON:
+                        break
 
         passed_over = {"missing_skill": missing, "excluded": excluded_count, "offline": offline,
                        "outside_schedule": outside, "no_capacity": no_capacity,
@@ -369,7 +374,10 @@ class Workforce:
     def _pool(self, signature: frozenset) -> _Pool:
         pool = self._pools.get(signature)
         if pool is None:
-            pool = self._pools[signature] = _Pool(signature)
+            self._pool_seq += 1
+            pool = self._pools[signature] = _Pool(signature, self._pool_seq)
+            for name in pool.skills:
+                self._by_skill.setdefault(name, set()).add(pool)
             self._cache.clear()  # cached requirements do not know the new pool
         return pool
 
@@ -378,6 +386,11 @@ class Workforce:
         del pool.members[slot.agent.id]
         if not pool.members:
             del self._pools[pool.signature]
+            for name in pool.skills:
+                holders = self._by_skill[name]
+                holders.discard(pool)
+                if not holders:
+                    del self._by_skill[name]
             self._cache.clear()
 
     def _entry(self, req: Requirement) -> _Entry:
@@ -385,10 +398,20 @@ class Workforce:
         if entry is None:
             if len(self._cache) >= self.MAX_CACHED_REQUIREMENTS:
                 self._cache.clear()
-            pools, others = [], []
-            for pool in self._pools.values():
-                (pools if satisfies(pool.skills, req) else others).append(pool)
-            entry = self._cache[req] = _Entry(pools, others)
+            # Only pools holding some alternative of every group can qualify: intersect those (smallest
+            # first) through the skill-name index, then check levels, instead of testing every pool.
+            by_skill = self._by_skill
+            candidates: set[_Pool] | None = None
+            for group in sorted(req, key=lambda g: sum(len(by_skill.get(name, ())) for name, _ in g)):
+                holders: set[_Pool] = set()
+                for name, _level in group:
+                    holders |= by_skill.get(name, set())
+                candidates = holders if candidates is None else candidates & holders
+                if not candidates:
+                    break
+            pools = [p for p in (self._pools.values() if candidates is None
+                                 else sorted(candidates, key=lambda p: p.seq)) if satisfies(p.skills, req)]
+            entry = self._cache[req] = _Entry(pools)
         return entry
 
     def _lanes(self, entry: _Entry, channel: str):

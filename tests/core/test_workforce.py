@@ -80,8 +80,8 @@ def test_least_loaded_first_then_longest_since_last_assignment_then_id():
     selection = wf.select(ANY, "chat")
     assert ids(selection) == ["elena", "fabio", "dario", "carla", "bruno", "anna"]
     assert selection.scores[0] == ("elena", 0, None)
-    assert selection.scores[2] == ("dario", 0, T0.isoformat())
-    assert selection.scores[4] == ("bruno", 1, (T0 - timedelta(minutes=5)).isoformat())  # load on any channel
+    assert selection.scores[2] == ("dario", 0, T0)
+    assert selection.scores[4] == ("bruno", 1, T0 - timedelta(minutes=5))  # load on any channel
     wf.mark_assigned("elena", T0 + timedelta(seconds=1))
     wf.add_load("dario", "email", +1)
     assert ids(wf.select(ANY, "chat")) == ["fabio", "elena", "carla", "bruno", "dario", "anna"]
@@ -325,7 +325,7 @@ def reference_select(agents, req, channel, *, limit, exclude, ignore_capacity):
     available.sort(key=lambda a: (sum(a.load.values()), a.last_assigned_at or NEVER, a.id))
     top, rest = available[:max(limit, 0)], available[max(limit, 0):]
     counts["not_in_top"] = len(rest)
-    scores = [(a.id, sum(a.load.values()), a.last_assigned_at and a.last_assigned_at.isoformat()) for a in top]
+    scores = [(a.id, sum(a.load.values()), a.last_assigned_at) for a in top]
     return [a.id for a in top], counts, who, [a.id for a in rest[:3]], scores
 
 

@@ -1,7 +1,6 @@
 """The `switchboard` command as an operator uses it: check a configuration, list plugins, run and stop the router."""
 from __future__ import annotations
 
-from router.core.store.base import migrations
 import re
 import signal
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from router.core.store.base import migrations
 from tests.e2e.servers import EXAMPLE_CONFIG, ServerProcess, cli_env, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]

@@ -2,7 +2,6 @@
 at once is stored once, and a customer writing to both at once is one customer with one case."""
 from __future__ import annotations
 
-from router.core.store.base import migrations
 import asyncio
 import collections
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from router.core.store.base import migrations
 from tests.e2e.servers import (
     PG_DSN_ENV,
     Answer,
