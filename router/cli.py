@@ -104,6 +104,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from router.app import Switchboard
+    from router.core.dispatcher import InvalidInbound
     from router.core.dryrun import dry_route, message_from, qualified_agents
 
     config = load_config(args.config)
@@ -120,7 +121,11 @@ def cmd_route(args: argparse.Namespace) -> int:
     except ValueError as exc:  # JSON and time errors
         print(f"{args.message}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
-    result = dry_route(sb, message, at)
+    try:
+        result = dry_route(sb, message, at)
+    except InvalidInbound as exc:  # e.g. a phone number that is not one, a channel nobody registered
+        print(f"{args.message}: {exc}", file=sys.stderr)
+        return 1
     route = result.route
     print(f"line {route.line or '-'}  team {route.team or '-'}  tier {route.tier}  priority {route.priority}"
           f"{'  SAFETY LANE' if route.safety_lane else ''}")
@@ -204,6 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # not two lines a second for the assignment tick
     config = load_config(args.config)
     data_dir = Path(args.data)
     sb = Switchboard(config, data_dir=data_dir)

@@ -316,7 +316,7 @@ class AgentConfig(Model):
     tier: str = "L1"
     languages: SkillLevels = Field(default_factory=dict)
     skills: SkillLevels = Field(default_factory=dict)
-    capacity: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: {"default": 3})
+    capacity: dict[str, Annotated[int, Field(ge=0, le=1000)]] = Field(default_factory=lambda: {"default": 3})
     schedule: ScheduleConfig | None = Field(default=None, description="none = available whenever online")
 
     def capacity_for(self, channel: str) -> int:

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 from router.core.calendar import BusinessCalendar
 from router.core.model import Case, CaseStatus, Direction, Event, Identity, Route, check_transition
 from router.core.requirements import Widening, agent_skills, next_tier, requirement_for
+from router.core.store.base import StoreUnavailable
 from router.core.sla import FIRST_RESPONSE, NEXT_RESPONSE, RESOLUTION, SlaClocks, targets_for
 from router.core.tasks import cancel_and_wait
 from router.core.workforce import ONLINE, PRESENCES, AgentState, Requirement, Selection, Workforce
-from router.routing_config import AgentConfig
+from router.routing_config import AgentConfig, BreachAction
 from router.stash import StashKey
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,6 +72,8 @@ class CaseWork:
     excluded: list[str] = dataclasses.field(default_factory=list)  # declined or let the offer expire
     sla: SlaClocks | None = None
     explained: Any = None  # the last "waiting" explanation written, so an unchanged one is not repeated
+    excluded_at: datetime | None = None  # when the last agent was excluded
+    step_base: datetime | None = None  # escalation steps count from here (queued_at until a transfer resets it)
     requirement: tuple[tuple, Requirement] | None = None  # (what it was computed from, requirement)
 
     @property
@@ -83,11 +86,16 @@ class CaseWork:
 
     def state(self) -> dict[str, Any]:
         return {"widening": self.widening.as_dict(), "step": self.step, "excluded": self.excluded,
+                "excluded_at": _iso(self.excluded_at), "step_base": _iso(self.step_base),
                 "sla": self.sla.as_dict() if self.sla else {}, "sla_policy": self.sla.policy if self.sla else None}
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
 def requirement_text(req: Requirement) -> list[list[str]]:
@@ -108,6 +116,8 @@ class Assigner:
         self.offers: dict[int, Offer] = {}
         self.calendars = {name: BusinessCalendar(c) for name, c in self.config.calendars.items()}
         self._inbox: list[Event] = []
+        self._pending: set[int] = set()  # cases the next pass must try
+        self._all = True  # the next pass must walk the whole queue
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -119,11 +129,16 @@ class Assigner:
 
         async def seed(tx):
             stored = {row["id"]: row for row in await tx.agents()}
+            configured = {agent.id for agent in self.config.agents}
             for agent in self.config.agents:
                 row = stored.get(agent.id)
-                if row is None or row["source"] == "config":
+                if row is None or row["source"] == "config":  # "api": changed at run time; "deleted": removed
                     await tx.upsert_agent(agent.id, agent.model_dump(mode="json"), "config", now)
-            return await tx.agents(), await tx.pending_offers(), await tx.open_cases_for_assignment()
+            for agent_id, row in stored.items():
+                if row["source"] == "config" and agent_id not in configured:
+                    await tx.delete_agent(agent_id)  # taken out of agents.yaml
+            agents = [row for row in await tx.agents() if row["source"] != "deleted"]
+            return agents, await tx.pending_offers(), await tx.open_cases_for_assignment()
 
         agents, offers, cases = await self.sb.store.write(seed)
         for row in agents:
@@ -134,11 +149,17 @@ class Assigner:
                    for r in offers]
         by_case = {o.case_id: o for o in pending}
         fresh = []
+        resumed = []
         for case, work in cases:
-            if work is None:
-                fresh.append(case.id)  # routed, but the process stopped before assignment saw it
+            if work is None or (work["state"].get("finished") and case.status == CaseStatus.QUEUED):
+                # Routed (or reopened after being finished), but the process stopped before assignment saw it.
+                fresh.append(case.id)
                 continue
             item = self._case_work(case, work["queued_at"], work["agent_id"], work["state"])
+            if case.status == CaseStatus.ASSIGNED and item.sla is not None and any(
+                    c["paused_since"] and not c["stopped"] for c in item.sla.clocks.values()):
+                item.sla.resume(now)  # the customer replied while the process was down
+                resumed.append(item)
             item.offer = by_case.get(case.id)
             self.cases[case.id] = item
             if item.offer is not None:
@@ -148,6 +169,8 @@ class Assigner:
                 self._add_load(item.agent_id, case.channel, +1)
         for case_id in fresh:
             await self._take_in(case_id)
+        for item in resumed:
+            await self._persist(item, [])
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="assigner")
@@ -182,8 +205,14 @@ class Assigner:
         """Take in what happened, then offer waiting cases to free agents until nothing more can be done."""
         async with self._lock:
             inbox, self._inbox = self._inbox, []
-            for event in inbox:
-                await self._react(event)
+            for i, event in enumerate(inbox):
+                try:
+                    await self._react(event)
+                except StoreUnavailable:
+                    self._inbox[:0] = inbox[i:]  # not lost: retried on the next pass
+                    raise
+                except Exception:  # noqa: BLE001 - one bad event must not hold up the others
+                    log.exception("assignment could not take in %s of case %s", event.type, event.case_id)
             await self._drain()
 
     async def tick(self) -> None:
@@ -194,8 +223,16 @@ class Assigner:
                 await self._close_offer(offer, "expired", "offer timed out", actor=ACTOR)
             self._follow_schedules(now)
             for work in list(self.cases.values()):
-                await self._escalate_if_due(work, now)
-                await self._check_sla(work, now)
+                if work.excluded_at is not None and work.case.status in WAITING_STATUSES \
+                        and now - work.excluded_at >= self.config.offers.timeout_for(work.case.channel):
+                    self._touch(work.case.id)  # its cool-down after declines is over: try it again
+                try:
+                    await self._escalate_if_due(work, now)
+                    await self._check_sla(work, now)
+                except StoreUnavailable:
+                    raise
+                except Exception:  # noqa: BLE001 - one case must not stop the clocks of the others
+                    log.exception("escalation or SLA check of %s failed", work.case.ref)
             await self._drain()
 
     async def _react(self, event: Event) -> None:
@@ -208,7 +245,8 @@ class Assigner:
             return
         now = self.sb.clock.now()
         changed = False
-        if event.type == "case.status_changed" and event.data.get("to") == CaseStatus.ASSIGNED.value:
+        if (event.type == "case.status_changed" and event.data.get("to") == CaseStatus.ASSIGNED.value
+                and work.case.status == CaseStatus.WAITING_CUSTOMER):
             work.case = dataclasses.replace(work.case, status=CaseStatus.ASSIGNED)  # the customer replied
             if work.sla:
                 work.sla.resume(now)
@@ -248,6 +286,7 @@ class Assigner:
         work, events = await self.sb.store.write(unit)
         if work is not None:
             self.cases[case_id] = work
+            self._touch(case_id)
         await self.sb.after_write(events)
 
     # -- agents ---------------------------------------------------------------------------------------------
@@ -273,6 +312,7 @@ class Assigner:
             if change is not None and change <= now:
                 schedule = self.schedules[agent_id]
                 self.workforce.set_in_schedule(agent_id, schedule.is_open(now))
+                self._touch()
                 self.schedule_change[agent_id] = schedule.next_change(now)
 
     def _add_load(self, agent_id: str, channel: str, delta: int) -> None:
@@ -312,6 +352,7 @@ class Assigner:
             current = self.workforce.get(definition.id)
             self._index_agent(definition, "api", presence=current.presence if current else "offline",
                               last_assigned_at=None, now=now)
+            self._touch()
             await self.sb.after_write(events)
             await self._drain()
 
@@ -325,8 +366,13 @@ class Assigner:
                 await self._requeue(work, "case.requeued", {"reason": "agent removed", "agent": agent_id}, actor=by)
             now = self.sb.clock.now()
 
+            from_config = agent_id in {a.id for a in self.config.agents}
+
             async def unit(tx):
-                await tx.delete_agent(agent_id)
+                if from_config:  # remembered, so the next start does not bring the agent back from agents.yaml
+                    await tx.upsert_agent(agent_id, self.definitions[agent_id].model_dump(mode="json"), "deleted", now)
+                else:
+                    await tx.delete_agent(agent_id)
                 return await tx.append_events([(None, "agent.removed", {"agent": agent_id, "by": by})], by, now)
 
             events = await self.sb.store.write(unit)
@@ -355,6 +401,7 @@ class Assigner:
 
             events = await self.sb.store.write(unit)
             self.workforce.set_presence(agent_id, presence)
+            self._touch()
             await self.sb.after_write(events)
             if presence != ONLINE:
                 await self._rescind_offers(agent_id, f"agent went {presence}", actor=by)
@@ -420,7 +467,9 @@ class Assigner:
         self.offers.pop(offer.id, None)
         work.offer = None
         work.excluded = excluded
+        work.excluded_at = now
         work.explained = None
+        self._touch()  # the agent's capacity is free again, and the case is back
         work.case = dataclasses.replace(work.case, status=CaseStatus.QUEUED, updated_at=now)
         self._add_load(offer.agent_id, work.case.channel, -1)
         await self.sb.after_write(events)
@@ -470,25 +519,60 @@ class Assigner:
                                           exclude=work.excluded, ignore_capacity=work.safety_lane)
         return req, selection
 
+    def _touch(self, case_id: int | None = None) -> None:
+        """Note what the next pass must look at: one case (new or widened), or everything (an agent became
+        available: online, capacity freed, schedule opened). Only then is the whole queue walked again."""
+        if case_id is None:
+            self._all = True
+        else:
+            self._pending.add(case_id)
+
     async def _drain(self) -> None:
-        hopeless: set[tuple] = set()  # (requirement, channel, lane) that found nobody in this pass
-        for work in self.waiting():
-            req = self.requirement(work)
-            signature = (req, work.case.channel, work.safety_lane)
-            if signature in hopeless and not work.excluded:
-                continue
+        if self._all:
+            waiting = self.waiting()
+        else:
+            waiting = sorted((w for w in (self.cases.get(i) for i in self._pending)
+                              if w is not None and w.case.status in WAITING_STATUSES), key=self.queue_key)
+        self._all, self._pending = False, set()
+        hopeless: dict[tuple, Selection] = {}  # (requirement, channel, lane) that found nobody in this pass
+        now = self.sb.clock.now()
+        for work in waiting:
+            if self.cases.get(work.case.id) is not work or work.case.status not in WAITING_STATUSES:
+                continue  # taken or changed by an earlier step of this pass
+            try:
+                await self._try_assign(work, hopeless, now)
+            except StoreUnavailable:
+                self._touch(work.case.id)
+                raise
+            except Exception:  # noqa: BLE001 - one case (or a strategy plugin) failing must not stall the queue
+                log.exception("assignment of %s failed; it stays queued", work.case.ref)
+
+    async def _try_assign(self, work: CaseWork, hopeless: dict[tuple, Selection], now: datetime) -> None:
+        req = self.requirement(work)
+        signature = (req, work.case.channel, work.safety_lane)
+        if signature in hopeless and not work.excluded:
+            await self._explain_waiting(work, req, hopeless[signature])
+            return
+        req, selection = self.candidates(work, req)
+        if not selection.candidates and work.excluded and work.excluded_at is not None \
+                and now - work.excluded_at >= self.config.offers.timeout_for(work.case.channel):
+            # Everyone who could take it has passed on it, and a whole offer timeout has gone by since: ask
+            # them again rather than let the case wait for ever (escalation, if any, would also widen it).
+            cleared = list(work.excluded)
+            work.excluded, work.excluded_at = [], None
+            await self._persist(work, [(work.case.id, "assignment.exclusions_cleared", {"agents": cleared})])
             req, selection = self.candidates(work, req)
-            if not selection.candidates:
-                if not work.excluded:
-                    hopeless.add(signature)
-                await self._explain_waiting(work, req, selection)
-                continue
-            route = Route(**{k: v for k, v in work.route.items() if k in Route.__dataclass_fields__})
-            chosen = self.sb.hooks.choose_agent(case=work.case, route=route, candidates=selection.candidates)
-            if chosen is None:
-                await self._explain_waiting(work, req, selection, note="the assignment strategy chose nobody")
-                continue
-            await self._offer(work, chosen, req, selection)
+        if not selection.candidates:
+            if not work.excluded:
+                hopeless[signature] = selection
+            await self._explain_waiting(work, req, selection)
+            return
+        route = Route(**{k: v for k, v in work.route.items() if k in Route.__dataclass_fields__})
+        chosen = self.sb.hooks.choose_agent(case=work.case, route=route, candidates=selection.candidates)
+        if chosen is None:
+            await self._explain_waiting(work, req, selection, note="the assignment strategy chose nobody")
+            return
+        await self._offer(work, chosen, req, selection)
 
     def explanation(self, work: CaseWork, req: Requirement, selection: Selection) -> dict[str, Any]:
         return {
@@ -543,6 +627,12 @@ class Assigner:
         await self.sb.after_write(events)
 
     # -- case actions from agents and supervisors ----------------------------------------------------------
+    def _live(self, work: CaseWork) -> None:
+        """Inside the lock: the case must still be the one the caller looked up (not resolved or replaced
+        meanwhile by a concurrent request)."""
+        if self.cases.get(work.case.id) is not work:
+            raise AssignmentError(409, "conflict", f"{work.case.ref} changed meanwhile (resolved, closed or reopened)")
+
     def work_for(self, ref: str) -> CaseWork:
         for work in self.cases.values():
             if work.case.ref == ref:
@@ -556,6 +646,7 @@ class Assigner:
         if not text.strip():
             raise AssignmentError(400, "bad_request", "a reply needs text")
         async with self._lock:
+            self._live(work)
             if work.agent_id != agent_id or work.case.status not in HELD_STATUSES:
                 raise AssignmentError(409, "conflict", f"{work.case.ref} is not held by {agent_id!r}; accept it first")
             now = self.sb.clock.now()
@@ -607,9 +698,12 @@ class Assigner:
             await self.sb.after_write(events, wake_outbox=bool(outbound_id))
             return outbound_id
 
-    async def finish(self, work: CaseWork, status: CaseStatus, *, by: str) -> None:
+    async def finish(self, work: CaseWork, status: CaseStatus, *, by: str, supervisor: bool = False) -> None:
         """Resolve or close: the agent's capacity is freed and the resolution clock stops."""
         async with self._lock:
+            self._live(work)
+            if work.offer is not None and work.offer.agent_id != by and not supervisor:
+                raise AssignmentError(403, "forbidden", f"{work.case.ref} is offered to another agent")
             check_transition(work.case.status, status)
             now = self.sb.clock.now()
             data = []
@@ -622,13 +716,17 @@ class Assigner:
             data.append((work.case.id, "case.status_changed",
                          {"from": work.case.status.value, "to": status.value, "by": by}))
             offer = work.offer
+            if offer is not None:
+                data.insert(0, (work.case.id, "offer.rescinded",
+                                {"agent": offer.agent_id, "offer": offer.id, "reason": f"case {status.value}"}))
+            finished_state = {**work.state(), "finished": status.value}
 
             async def unit(tx):
                 if offer is not None:
                     await tx.finish_offer(offer.id, "rescinded", now, f"case {status.value}")
                 await tx.update_case(work.case.id, status=status, updated_at=now,
                                      resolved_at=now if status == CaseStatus.RESOLVED else work.case.resolved_at)
-                await tx.put_case_work(work.case.id, work.agent_id, work.queued_at, work.state(), now)
+                await tx.put_case_work(work.case.id, work.agent_id, work.queued_at, finished_state, now)
                 return await tx.append_events(data, by, now)
 
             events = await self.sb.store.write(unit)
@@ -636,6 +734,7 @@ class Assigner:
             if offer is not None:
                 self.offers.pop(offer.id, None)
             del self.cases[work.case.id]
+            work.case = dataclasses.replace(work.case, status=status, updated_at=now)
             await self.sb.after_write(events)
             await self._drain()
 
@@ -643,6 +742,7 @@ class Assigner:
         holder = work.offer.agent_id if work.offer is not None else work.agent_id
         if holder is not None and (work.offer is not None or work.case.status in HELD_STATUSES):
             self._add_load(holder, work.case.channel, -1)
+            self._touch()
 
     async def transfer(self, work: CaseWork, *, by: str, reason: str, line: str | None = None,
                        team: str | None = None, tier: str | None = None, priority: int | None = None) -> None:
@@ -653,6 +753,7 @@ class Assigner:
         if problems:
             raise AssignmentError(400, "bad_request", "; ".join(problems))
         async with self._lock:
+            self._live(work)
             changes = {k: v for k, v in (("line", line), ("team", team), ("tier", tier), ("priority", priority))
                        if v is not None}
             if not changes:
@@ -668,6 +769,7 @@ class Assigner:
         if above is None:
             raise AssignmentError(409, "conflict", f"{work.case.ref} is already at the top tier ({work.case.tier})")
         async with self._lock:
+            self._live(work)
             changes = {"tier": above, "priority": max(1, work.case.priority - 1)}
             await self._requeue(work, "case.escalated",
                                 {"from": {"tier": work.case.tier, "priority": work.case.priority}, "to": changes,
@@ -687,23 +789,34 @@ class Assigner:
         if work.case.status != CaseStatus.QUEUED:
             check_transition(work.case.status, CaseStatus.QUEUED)
             status_changes["status"] = CaseStatus.QUEUED
-        new = dataclasses.replace(work, agent_id=None, offer=None,
+        sla = SlaClocks(work.sla.policy, work.sla.calendar, work.sla.warn_before, work.sla.as_dict()) \
+            if work.sla else None
+        if sla is not None and work.case.status == CaseStatus.WAITING_CUSTOMER:
+            sla.resume(now)  # back in the queue: the customer no longer has the ball
+        new = dataclasses.replace(work, agent_id=None, offer=None, sla=sla,
                                   widening=Widening() if reset else work.widening,
-                                  excluded=[] if reset else work.excluded)
+                                  excluded=[] if reset else work.excluded,
+                                  step=0 if reset else work.step, step_base=now if reset else work.step_base)
+        rows = [(work.case.id, event_type, data)]
+        if offer is not None:
+            rows.insert(0, (work.case.id, "offer.rescinded",
+                            {"agent": offer.agent_id, "offer": offer.id, "reason": event_type}))
 
         async def unit(tx):
             if offer is not None:
                 await tx.finish_offer(offer.id, "rescinded", now, event_type)
             await tx.update_case(work.case.id, **changes, **status_changes, route=route, updated_at=now)
             await tx.put_case_work(work.case.id, None, work.queued_at, new.state(), now)
-            return await tx.append_events([(work.case.id, event_type, data)], actor, now)
+            return await tx.append_events(rows, actor, now)
 
         events = await self.sb.store.write(unit)
         self._release(work)
         if offer is not None:
             self.offers.pop(offer.id, None)
         work.agent_id, work.offer, work.widening, work.excluded = None, None, new.widening, new.excluded
+        work.sla, work.step, work.step_base = new.sla, new.step, new.step_base
         work.explained = None
+        self._touch(work.case.id)
         work.case = dataclasses.replace(work.case, **changes, **status_changes, route=route, updated_at=now)
         await self.sb.after_write(events)
 
@@ -717,7 +830,7 @@ class Assigner:
         if policy is None or work.case.status not in WAITING_STATUSES or work.step >= len(policy.steps):
             return
         step = policy.steps[work.step]
-        if now - work.queued_at < step.after:
+        if now - (work.step_base or work.queued_at) < step.after:
             return
         widening = Widening(
             drop_preferred=work.widening.drop_preferred or step.drop_preferred_skills,
@@ -732,6 +845,7 @@ class Assigner:
         work.widening = widening
         work.excluded = []  # a wider target: agents who passed on the narrow one may be asked again
         work.explained = None
+        self._touch(work.case.id)
         changes = {"priority": priority} if priority != work.case.priority else {}
         await self._persist(work, [(work.case.id, "case.escalated", data)], case_changes=changes)
 
@@ -745,8 +859,9 @@ class Assigner:
                  {"clock": a.clock, "due": a.due.isoformat(), "policy": work.sla.policy}) for a in alerts]
         changes: dict[str, Any] = {}
         policy = self._policy(work)
-        if any(a.kind == "breach" for a in alerts) and policy is not None:
-            action = policy.on_breach
+        if any(a.kind == "breach" for a in alerts):
+            # Without an escalation policy the default action applies: next tier and tell the supervisors.
+            action = policy.on_breach if policy is not None else BreachAction()
             data: dict[str, Any] = {"reason": "sla breached", "clocks": [a.clock for a in alerts if a.kind == "breach"]}
             above = next_tier(work.case.tier, self.config.tiers) if action.next_tier else None
             if above:
@@ -800,7 +915,8 @@ class Assigner:
         sla = self._sla_for(case, state.get("sla"))
         return CaseWork(case=case, queued_at=queued_at, agent_id=agent_id,
                         widening=Widening.from_dict(state.get("widening")), step=int(state.get("step", 0)),
-                        excluded=list(state.get("excluded", [])), sla=sla)
+                        excluded=list(state.get("excluded", [])), sla=sla,
+                        excluded_at=_parse(state.get("excluded_at")), step_base=_parse(state.get("step_base")))
 
     # -- reading --------------------------------------------------------------------------------------------
     def queue_view(self) -> list[dict[str, Any]]:

@@ -102,8 +102,9 @@ class RoutingEngine:
     def classify(self, message: InboundMessage, customer: Customer) -> dict[str, Any]:
         text = f"{message.subject or ''}\n{message.text}".strip()
         labels: dict[str, Any] = {}
-        if message.language:
-            labels["language"], labels["language_source"] = message.language, "sender"
+        stated = _language(message.language, self.config.instance.languages)
+        if stated:
+            labels["language"], labels["language_source"] = stated, "sender"
         elif self.detector is not None:
             language, confidence = self.detector.detect(text)
             if language != UNDETERMINED:
@@ -116,7 +117,7 @@ class RoutingEngine:
         if topics:
             labels["topic"] = topics[0]
         labels["urgency"] = "safety" if self.safety is not None and self.safety.search(text) else "normal"
-        role = customer.role or message.context.role
+        role = _role(message, customer)
         line = self.line_by_account.get((message.channel, message.account)) or (
             self.line_by_role.get(role) if role else None)
         if line:
@@ -131,7 +132,7 @@ class RoutingEngine:
             "channel": message.channel,
             "account": message.account,
             "line": labels.get("line"),
-            "role": customer.role or message.context.role,
+            "role": _role(message, customer),
             "language": labels.get("language"),
             "urgency": labels.get("urgency", "normal"),
         }
@@ -235,6 +236,21 @@ def _expand(skills: list[str], language: str | None) -> list[str]:
             skill = skill.replace("{language}", language)
         out.append(skill)
     return out
+
+
+def _role(message: InboundMessage, customer: Customer) -> str | None:
+    """The customer's recorded role; a role in the message counts only from a trusted source (an untrusted
+    widget must not be able to choose its own line)."""
+    return customer.role or (message.context.role if message.trusted else None)
+
+
+def _language(stated: str | None, languages: list[str]) -> str | None:
+    """A language the sender stated, as one of the configured codes: 'it-IT' and 'IT' are 'it'; a language
+    that is not configured is ignored (detection decides), so no case asks for a skill nobody can have."""
+    if not stated:
+        return None
+    code = stated.strip().lower().replace("_", "-").split("-")[0]
+    return code if code in languages else None
 
 
 def expression_context(message: InboundMessage, case: Case, customer: Customer, labels: dict[str, Any]) -> dict:

@@ -113,8 +113,11 @@ async def reply(request: web.Request) -> web.Response:
     body = await _body(request, "agent", "text")
     assigner = _assigner(request)
     work = assigner.work_for(request.match_info["ref"].upper())
-    outbound_id = await assigner.reply(work, body["agent"], body["text"],
-                                       waiting_customer=bool(body.get("waiting_customer")))
+    waiting = body.get("waiting_customer", False)
+    if not isinstance(waiting, bool):
+        raise HTTPProblem(400, "bad_request", "waiting_customer must be true or false",
+                          fields=[{"field": "waiting_customer", "problem": "a boolean"}])
+    outbound_id = await assigner.reply(work, body["agent"], body["text"], waiting_customer=waiting)
     return web.json_response({"case": work.case.ref, "status": work.case.status.value,
                               "outbound_id": outbound_id or None}, status=201)
 
@@ -130,7 +133,7 @@ async def set_status(request: web.Request) -> web.Response:
                                               "reply with waiting_customer: true)")
     if work.agent_id not in (None, body["agent"]):
         raise HTTPProblem(403, "forbidden", f"{work.case.ref} is held by another agent")
-    await assigner.finish(work, allowed[body["status"]], by=body["agent"])
+    await assigner.finish(work, allowed[body["status"]], by=body["agent"])  # refuses someone else's offer
     return web.json_response({"case": work.case.ref, "status": body["status"]})
 
 
@@ -140,8 +143,12 @@ async def transfer(request: web.Request) -> web.Response:
     assigner = _assigner(request)
     work = assigner.work_for(request.match_info["ref"].upper())
     priority = body.get("priority")
-    if priority is not None and (not isinstance(priority, int) or not 1 <= priority <= 5):
+    if priority is not None and (type(priority) is not int or not 1 <= priority <= 5):
         raise HTTPProblem(400, "bad_request", "priority must be a whole number from 1 to 5")
+    wrong = [name for name in ("line", "team", "tier") if body.get(name) is not None and not isinstance(body[name], str)]
+    if wrong:
+        raise HTTPProblem(400, "bad_request", f"{', '.join(wrong)} must be {'names' if len(wrong) > 1 else 'a name'}",
+                          fields=[{"field": name, "problem": "a string"} for name in wrong])
     await assigner.transfer(work, by=body["by"], reason=body["reason"], line=body.get("line"),
                             team=body.get("team"), tier=body.get("tier"), priority=priority)
     return web.json_response(_case_summary(work))

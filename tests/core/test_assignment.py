@@ -281,11 +281,12 @@ async def test_business_hours_rule_routes_by_the_lines_calendar(floor_factory):
     floor = await floor_factory([], routing={"rules": rules, "default": {"team": "general", "tier": "L1"}},
                                 lines={"poster": {"roles": ["poster"], "calendar": "rome"}})
     sender = {"kind": "app", "value": "u1"}
-    inside = await floor.h.ingest(external_id="bh1", text="hi", sender=sender, context={"role": "poster"})
+    inside = await floor.h.ingest(external_id="bh1", text="hi", sender=sender, context={"role": "poster"},
+                                  trusted=True)
     assert inside.case.route["rule"] == "default"  # Monday 11:00 in Rome
     floor.clock.set(MONDAY.replace(hour=20))  # 21:00 in Rome
     outside = await floor.h.ingest(external_id="bh2", text="hi", sender={"kind": "app", "value": "u2"},
-                                   context={"role": "poster"})
+                                   context={"role": "poster"}, trusted=True)
     assert outside.case.route["rule"] == "after-hours" and outside.case.priority == 4
     assert "outside business hours" in outside.case.route["reasons"][0]
 
@@ -422,3 +423,93 @@ async def test_a_restart_rebuilds_offers_loads_and_clocks_from_the_store(floor_f
     await again.advance(seconds=61)  # the offer made before the restart still times out
     assert again.holder(pending) is None
     assert [e.type for e in await again.events(pending, "offer.")] == ["offer.created", "offer.expired"]
+
+
+# -- races, recovery and the never-stuck rules ---------------------------------------------------------------------
+async def test_two_requests_resolving_the_same_case_leave_loads_right(floor_factory):
+    import asyncio
+
+    floor = await floor_factory([agent("anna")])
+    await floor.online("anna")
+    first, second = await floor.message(), await floor.message()
+    await floor.accept(first)
+    await floor.accept(second)
+    work = floor.assigner.work_for(first)
+    results = await asyncio.gather(floor.assigner.finish(work, CaseStatus.RESOLVED, by="anna"),
+                                   floor.assigner.finish(work, CaseStatus.RESOLVED, by="anna"),
+                                   return_exceptions=True)
+    assert sorted(type(r).__name__ for r in results) == ["AssignmentError", "NoneType"]
+    assert floor.assigner.workforce.get("anna").load == {"api": 1}  # still holds the second case
+    assert len([e for e in await floor.events(first, "case.status_changed") if e.data["to"] == "resolved"]) == 1
+    with pytest.raises(AssignmentError) as late:
+        await floor.assigner.transfer(work, by="sup", reason="too late", team="billing")
+    assert late.value.status == 409
+
+
+async def test_cases_everyone_passed_on_are_offered_again_after_a_timeout(floor_factory):
+    floor = await floor_factory([agent("anna")], routing={"default": {"team": "general", "tier": "L1"}})
+    await floor.online("anna")
+    ref = await floor.message()  # no escalation policy: only the cool-down can bring anna back
+    await floor.advance(seconds=60)
+    assert floor.holder(ref) is None  # she let it lapse: excluded for now
+    await floor.advance(seconds=59)
+    assert floor.holder(ref) is None
+    await floor.advance(seconds=1)
+    assert floor.holder(ref) == "anna"
+    [cleared] = await floor.events(ref, "assignment.exclusions_cleared")
+    assert cleared.data["agents"] == ["anna"]
+
+
+async def test_every_waiting_case_says_why(floor_factory):
+    floor = await floor_factory([agent("anna")])
+    refs = [await floor.message() for _ in range(3)]  # anna offline: identical requirements, nobody available
+    for ref in refs:
+        [waiting] = await floor.events(ref, "assignment.waiting")
+        assert waiting.data["passed_over"]["offline"] == 1
+
+
+async def test_transfer_restarts_escalation_and_the_paused_sla_clock(floor_factory):
+    floor = await floor_factory([agent("anna"), agent("luca", teams=["billing"], tier="L2")])
+    await floor.online("anna")
+    ref = await floor.message()
+    await floor.accept(ref)
+    work = floor.assigner.work_for(ref)
+    await floor.assigner.reply(work, "anna", "Which order?", waiting_customer=True)
+    assert work.sla.due("resolution") is None
+    await floor.advance(minutes=30)
+    await floor.assigner.transfer(work, by="anna", reason="billing question", team="billing", tier="L2")
+    assert work.sla.due("resolution") is not None  # queued again: the clock runs
+    await floor.advance(minutes=4)
+    assert [e for e in await floor.events(ref, "case.escalated") if "step" in e.data] == []  # counted from the transfer
+    await floor.advance(minutes=1)
+    assert [e.data["step"] for e in await floor.events(ref, "case.escalated") if "step" in e.data] == [1]
+
+
+async def test_a_breach_without_an_escalation_policy_still_escalates(floor_factory):
+    floor = await floor_factory([], routing={"default": {"team": "general", "tier": "L1", "sla": "standard"}})
+    ref = await floor.message()
+    await floor.advance(minutes=10)
+    assert len(await floor.events(ref, "supervisors.notified")) == 1
+    assert (await floor.h.read(lambda tx: tx.case_by_ref(ref))).tier == "L2"
+
+
+async def test_restart_takes_in_a_case_reopened_while_down_and_honours_agent_removals(floor_factory, harness_factory):
+    floor = await floor_factory([agent("anna"), agent("bruno")])
+    await floor.online("anna")
+    sender = {"kind": "email", "value": "back@example.com"}
+    ref = await floor.message(sender=sender)
+    await floor.accept(ref)
+    await floor.assigner.reply(floor.assigner.work_for(ref), "anna", "Done, your refund is on its way")
+    await floor.assigner.finish(floor.assigner.work_for(ref), CaseStatus.RESOLVED, by="anna")
+    await floor.assigner.remove_agent("bruno", by="sup")
+    # The customer writes again; the process dies before the assigner sees the reopening.
+    floor.assigner.notice = lambda event: None
+    floor.clock.advance(timedelta(minutes=5))
+    await floor.h.ingest(external_id="back-2", text="It has not arrived", language="en", sender=sender)
+    await floor.sb.stop()
+    agents = [agent("anna")]  # bruno stays deleted (API); carla is no longer configured at all
+    again = Floor(await harness_factory(config(agents), clock=floor.clock, plugins=(EmailChannel(),)))
+    work = again.assigner.work_for(ref)
+    assert work.agent_id is None and work.queued_at > MONDAY and again.holder(ref) is None  # anna is offline now
+    assert work.sla.due("next_response") is not None and work.sla.due("resolution") is not None
+    assert "bruno" not in again.assigner.workforce
