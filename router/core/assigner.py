@@ -118,6 +118,7 @@ class Assigner:
         self._inbox: list[Event] = []
         self._pending: set[int] = set()  # cases the next pass must try
         self._all = True  # the next pass must walk the whole queue
+        self._explanations: list[tuple[int, str, dict[str, Any]]] = []  # "waiting" events of the current pass
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -205,6 +206,14 @@ class Assigner:
         """Take in what happened, then offer waiting cases to free agents until nothing more can be done."""
         async with self._lock:
             inbox, self._inbox = self._inbox, []
+            routed = [e.case_id for e in inbox if e.type == "case.routed"]
+            if routed:  # a burst of new cases is taken in with one write
+                try:
+                    await self._take_in_many(routed)
+                except StoreUnavailable:
+                    self._inbox[:0] = inbox
+                    raise
+                inbox = [e for e in inbox if e.type != "case.routed"]
             for i, event in enumerate(inbox):
                 try:
                     await self._react(event)
@@ -260,10 +269,22 @@ class Assigner:
             await self._persist(work, [])
 
     async def _take_in(self, case_id: int) -> None:
-        """A case was (re)routed: open its assignment state and SLA clocks, and queue it."""
+        await self._take_in_many([case_id])
+
+    async def _take_in_many(self, case_ids: list[int]) -> None:
+        """Cases were (re)routed: open their assignment state and SLA clocks, and queue them (one write)."""
         now = self.sb.clock.now()
 
         async def unit(tx):
+            taken, events = [], []
+            for case_id in case_ids:
+                work, written = await one(tx, case_id)
+                if work is not None:
+                    taken.append(work)
+                    events.extend(written)
+            return taken, events
+
+        async def one(tx, case_id):
             case = await tx.case_by_id(case_id)
             if case is None or case.status != CaseStatus.QUEUED:
                 return None, []
@@ -283,10 +304,10 @@ class Assigner:
                                                   "sla_due": due})], ACTOR, now)
             return work, events
 
-        work, events = await self.sb.store.write(unit)
-        if work is not None:
-            self.cases[case_id] = work
-            self._touch(case_id)
+        taken, events = await self.sb.store.write(unit)
+        for work in taken:
+            self.cases[work.case.id] = work
+            self._touch(work.case.id)
         await self.sb.after_write(events)
 
     # -- agents ---------------------------------------------------------------------------------------------
@@ -536,16 +557,28 @@ class Assigner:
         self._all, self._pending = False, set()
         hopeless: dict[tuple, Selection] = {}  # (requirement, channel, lane) that found nobody in this pass
         now = self.sb.clock.now()
-        for work in waiting:
-            if self.cases.get(work.case.id) is not work or work.case.status not in WAITING_STATUSES:
-                continue  # taken or changed by an earlier step of this pass
-            try:
-                await self._try_assign(work, hopeless, now)
-            except StoreUnavailable:
-                self._touch(work.case.id)
-                raise
-            except Exception:  # noqa: BLE001 - one case (or a strategy plugin) failing must not stall the queue
-                log.exception("assignment of %s failed; it stays queued", work.case.ref)
+        try:
+            for work in waiting:
+                if self.cases.get(work.case.id) is not work or work.case.status not in WAITING_STATUSES:
+                    continue  # taken or changed by an earlier step of this pass
+                try:
+                    await self._try_assign(work, hopeless, now)
+                except StoreUnavailable:
+                    self._touch(work.case.id)
+                    raise
+                except Exception:  # noqa: BLE001 - one case (or a strategy plugin) failing must not stall the queue
+                    log.exception("assignment of %s failed; it stays queued", work.case.ref)
+        finally:
+            rows, self._explanations = self._explanations, []
+            if rows:
+                try:
+                    events = await self.sb.store.write(lambda tx: tx.append_events(rows, ACTOR, now))
+                except StoreUnavailable:
+                    for case_id, _type, _data in rows:  # say it again on the next pass
+                        if case_id in self.cases:
+                            self.cases[case_id].explained = None
+                    raise
+                await self.sb.after_write(events)
 
     async def _try_assign(self, work: CaseWork, hopeless: dict[tuple, Selection], now: datetime) -> None:
         req = self.requirement(work)
@@ -594,9 +627,7 @@ class Assigner:
         data["chosen"] = None
         if note:
             data["note"] = note
-        events = await self.sb.store.write(
-            lambda tx: tx.append_events([(work.case.id, "assignment.waiting", data)], ACTOR, now))
-        await self.sb.after_write(events)
+        self._explanations.append((work.case.id, "assignment.waiting", data))  # written at the end of the pass
 
     async def _offer(self, work: CaseWork, agent: AgentState, req: Requirement, selection: Selection) -> None:
         now = self.sb.clock.now()

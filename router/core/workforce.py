@@ -319,7 +319,7 @@ class Workforce:
             more = min(EXAMPLES_PER_REASON, available - wanted)
             beyond = examples["not_in_top"]
             slots = self._slots
-            heap = [(keys[0], 0, keys) for keys in sorted_lists if keys]
+            heap = [(keys[0], 0, keys) for keys in filter(None, sorted_lists)]
             heapify(heap)
             while heap:
                 key, position, keys = heap[0]
@@ -341,14 +341,16 @@ class Workforce:
                     if len(beyond) == more:
                         break
 
-        for reason, id_sets in (("offline", entry.offlines), ("outside_schedule", entry.outsides),
-                                ("no_capacity", fulls)):
+        for reason, id_sets, count in (("offline", entry.offlines, offline),
+                                       ("outside_schedule", entry.outsides, outside),
+                                       ("no_capacity", fulls, no_capacity)):
+            if not count:
+                continue
             found = examples[reason]
-            for ids in id_sets:
-                if ids:
-                    found.extend(islice((i for i in ids if i not in excluded), EXAMPLES_PER_REASON - len(found)))
-                    if len(found) == EXAMPLES_PER_REASON:
-                        break
+            for ids in filter(None, id_sets):  # empty pools are skipped in C, not looked at one by one
+                found.extend(islice((i for i in ids if i not in excluded), EXAMPLES_PER_REASON - len(found)))
+                if len(found) == EXAMPLES_PER_REASON:
+                    break
         found = examples["missing_skill"]
         if missing:
             eligible = entry.pool_set
