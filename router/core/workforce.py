@@ -1,8 +1,10 @@
 """In-memory index of agents: which available agents can take a case, best first by fairness, and why the
 others were passed over, without scanning the agents on every decision.
 
-Agents with the same skills (names and levels) share a *pool*; even a large workforce has few distinct skill
-sets. Whether a pool satisfies a requirement is decided once per requirement and cached, so a decision looks
+Agents with the same skills share a *pool*. Levels count only as far as some requirement has looked at them:
+each level is rounded down to the highest threshold any requirement asked of that skill (``lang:it>=4`` makes
+4 a threshold of ``lang:it``), so agents whose levels differ where nobody asks share a pool, and a new
+threshold re-pools everyone once. Whether a pool satisfies a requirement is decided once per requirement and cached, so a decision looks
 at the eligible pools only, never at individual agents that cannot take the case.
 
 Each pool keeps its agents partitioned by state, every list sorted by the fairness key (the order of
@@ -179,6 +181,7 @@ class Workforce:
         self._by_skill: dict[str, set[_Pool]] = {}  # skill name -> pools whose agents hold it (any level)
         self._cache: dict[Requirement, _Entry] = {}
         self._pool_seq = 0
+        self._thresholds: dict[str, frozenset[int]] = {}  # skill -> levels (> 1) that requirements asked for
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -213,7 +216,7 @@ class Workforce:
         if agent.presence not in PRESENCES:
             raise ValueError(f"unknown presence {agent.presence!r}; expected one of {sorted(PRESENCES)}")
         slot = self._slots.get(agent.id)
-        signature = frozenset(agent.skills.items())
+        signature = self._signature(agent.skills)
         if slot is not None:
             self._unfile(slot)
             if slot.pool.signature != signature:
@@ -373,6 +376,32 @@ class Workforce:
         except KeyError:
             raise KeyError(f"unknown agent {agent_id!r}") from None
 
+    def _signature(self, skills: dict[str, int]) -> frozenset:
+        """An agent's pool key: its skills with each level rounded down to the highest level any requirement
+        has asked of that skill (1 when none has). Agents whose levels differ only where no requirement looks
+        share a pool, so a workforce with individual language levels still forms few pools."""
+        thresholds = self._thresholds
+        return frozenset((name, max((t for t in thresholds.get(name, ()) if t <= level), default=1))
+                         for name, level in skills.items())
+
+    def _learn_thresholds(self, req: Requirement) -> None:
+        """A requirement asking for a level no earlier one asked for: re-pool everyone with it in mind."""
+        new = [(name, level) for group in req for name, level in group
+               if level > 1 and level not in self._thresholds.get(name, ())]
+        if not new:
+            return
+        for name, level in new:
+            self._thresholds[name] = self._thresholds.get(name, frozenset()) | {level}
+        for slot in list(self._slots.values()):
+            signature = self._signature(slot.agent.skills)
+            if slot.pool.signature != signature:
+                self._unfile(slot)
+                self._leave_pool(slot)
+                slot.pool = self._pool(signature)
+                slot.pool.members[slot.agent.id] = None
+                self._file(slot)
+        self._cache.clear()
+
     def _pool(self, signature: frozenset) -> _Pool:
         pool = self._pools.get(signature)
         if pool is None:
@@ -398,6 +427,7 @@ class Workforce:
     def _entry(self, req: Requirement) -> _Entry:
         entry = self._cache.get(req)
         if entry is None:
+            self._learn_thresholds(req)
             if len(self._cache) >= self.MAX_CACHED_REQUIREMENTS:
                 self._cache.clear()
             # Only pools holding some alternative of every group can qualify: intersect those (smallest

@@ -444,3 +444,16 @@ def test_random_changes_agree_with_a_plain_scan(seed):
         a = wf.get(agent_id)
         assert (a.skills, a.capacity, a.presence, a.in_schedule, a.load, a.last_assigned_at) == (
             r.skills, r.capacity, r.presence, r.in_schedule, r.load, r.last_assigned_at)
+
+
+def test_levels_no_requirement_looks_at_do_not_split_pools():
+    wf = workforce(*(agent(f"a{level}", {"team:billing": 1, "lang:it": level}) for level in range(1, 6)))
+    assert wf.pool_count == 1  # five different Italian levels, but nothing has asked for a level yet
+    assert ids(wf.select(requirement(["team:billing", "lang:it"]), "chat")) == ["a1", "a2", "a3", "a4", "a5"]
+    assert ids(wf.select(requirement(["lang:it>=4"]), "chat")) == ["a4", "a5"]  # learns the threshold 4
+    assert wf.pool_count == 2
+    assert ids(wf.select(requirement(["lang:it>=2"]), "chat")) == ["a2", "a3", "a4", "a5"]
+    assert wf.pool_count == 3 and wf.eligible_for("a3", requirement(["lang:it>=2"]))
+    assert not wf.eligible_for("a3", requirement(["lang:it>=4"]))
+    wf.upsert(agent("a3", {"team:billing": 1, "lang:it": 5}))  # promoted: joins the >=4 pool
+    assert ids(wf.select(requirement(["lang:it>=4"]), "chat")) == ["a3", "a4", "a5"]
