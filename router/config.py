@@ -156,7 +156,7 @@ class IntegrationConfig(Model):
     scopes: list[Literal["ingest", "read", "agent", "supervise"]] = Field(
         default_factory=lambda: ["ingest"],
         description="ingest: post messages; read: cases, queue, agents; agent: act for agents (presence, offers, "
-                    "replies, status); supervise: change agents, transfer cases",
+                    "replies, status, escalation); supervise: change agents, transfer cases",
     )
     trusted: bool = Field(default=False, description="may link identities and assert the sender's role")
     webhook: WebhookConfig | None = None
