@@ -6,15 +6,16 @@ from datetime import timedelta
 from router import hookimpl
 from router.channels import ScheduledJob
 from router.core.assigner import ASSIGNER, Assigner
+from router.core.workforce import fairness_of
 
 TICK = timedelta(seconds=1)
 
 
 def fairness_key(agent):
     """Least loaded (over all channels) first, then the one who has waited longest since their last offer,
-    then by id. The workforce index keeps candidates in this order (router.core.workforce)."""
-    last = agent.last_assigned_at
-    return (agent.total_load, 0 if last is None else 1, last.timestamp() if last else 0.0, agent.id)
+    then by id. The workforce index keeps candidates in this order (router.core.workforce) and hands each
+    available agent its key, which is used when present."""
+    return getattr(agent, "fairness", None) or fairness_of(agent)
 
 
 @hookimpl(trylast=True)

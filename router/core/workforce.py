@@ -36,7 +36,7 @@ from typing import Collection, Iterable, Iterator
 
 from router.routing_config import parse_skill_requirement
 
-__all__ = ["AgentState", "Requirement", "Selection", "Workforce", "requirement", "satisfies", "REASONS",
+__all__ = ["AgentState", "Requirement", "Selection", "Workforce", "fairness_of", "requirement", "satisfies", "REASONS",
            "ONLINE", "AWAY", "OFFLINE"]
 
 ONLINE, AWAY, OFFLINE = "online", "away", "offline"
@@ -61,6 +61,9 @@ class AgentState:
     in_schedule: bool = True  # maintained by the caller from the agent's calendar
     load: dict[str, int] = field(default_factory=dict)  # channel -> accepted cases + pending offers
     last_assigned_at: datetime | None = None
+    # The fairness key the index filed the agent under while it is available (None otherwise): strategies
+    # can order candidates by it without recomputing it. Maintained by Workforce; do not set it yourself.
+    fairness: tuple | None = field(default=None, compare=False)
 
     def capacity_for(self, channel: str) -> int:
         capacity = self.capacity
@@ -101,7 +104,7 @@ class Selection:
     scores: list[tuple[str, int, datetime | None]]  # per candidate: (id, total_load, last_assigned_at)
 
 
-def _fairness(agent: AgentState) -> tuple:
+def fairness_of(agent: AgentState) -> tuple:
     """The sort key: (total_load, has been assigned, last_assigned_at, id). The flag orders "never" first and
     keeps datetimes from being compared with a placeholder (so naive and aware datetimes both work)."""
     at = agent.last_assigned_at
@@ -467,6 +470,7 @@ class Workforce:
     def _unfile(self, slot: _Slot) -> None:
         """Take the agent out of its pool's state structures, using the key and state it was filed under."""
         pool, agent_id = slot.pool, slot.agent.id
+        slot.agent.fairness = None
         if slot.state == _READY:
             key = slot.key
             _discard(pool.ready, key)
@@ -489,7 +493,7 @@ class Workforce:
             pool.outside[agent.id] = None
         else:
             slot.state = _READY
-            key = slot.key = _fairness(agent)
+            key = slot.key = agent.fairness = fairness_of(agent)
             insort(pool.ready, key)
             load = agent.load
             for channel, lane in pool.lanes.items():
