@@ -213,6 +213,16 @@ class Assigner:
                 except StoreUnavailable:
                     self._inbox[:0] = inbox
                     raise
+                except Exception:  # noqa: BLE001 - a bad case must not cost the burst: one at a time, isolated
+                    log.exception("taking in %d routed cases at once failed; taking them one by one", len(routed))
+                    for case_id in routed:
+                        try:
+                            await self._take_in(case_id)
+                        except StoreUnavailable:
+                            self._inbox[:0] = inbox  # retried on the next pass; taken-in cases are skipped
+                            raise
+                        except Exception:  # noqa: BLE001 - picked up again at the next start (load)
+                            log.exception("assignment could not take in case %s", case_id)
                 inbox = [e for e in inbox if e.type != "case.routed"]
             for i, event in enumerate(inbox):
                 try:
@@ -285,6 +295,8 @@ class Assigner:
             return taken, events
 
         async def one(tx, case_id):
+            if case_id in self.cases:
+                return None, []  # already taken in (a retried burst): keep its age and state
             case = await tx.case_by_id(case_id)
             if case is None or case.status != CaseStatus.QUEUED:
                 return None, []
