@@ -884,17 +884,23 @@ class Assigner:
         data = {"step": work.step + 1, "policy": work.route.get("escalation"), "after": step.after.total_seconds(),
                 "widening": widening.as_dict(), "priority": {"from": work.case.priority, "to": priority},
                 "excluded_cleared": list(work.excluded)}
+        before = (work.step, work.widening, work.excluded, work.excluded_at)
         work.step += 1
         work.widening = widening
-        work.excluded = []  # a wider target: agents who passed on the narrow one may be asked again
+        work.excluded, work.excluded_at = [], None  # a wider target: those who passed may be asked again
         work.explained = None
-        self._touch(work.case.id)
         changes = {"priority": priority} if priority != work.case.priority else {}
-        await self._persist(work, [(work.case.id, "case.escalated", data)], case_changes=changes)
+        try:
+            await self._persist(work, [(work.case.id, "case.escalated", data)], case_changes=changes)
+        except BaseException:
+            work.step, work.widening, work.excluded, work.excluded_at = before  # not written: not done
+            raise
+        self._touch(work.case.id)
 
     async def _check_sla(self, work: CaseWork, now: datetime) -> None:
         if work.sla is None:
             return
+        snapshot = work.sla.as_dict()
         alerts = work.sla.check(now)
         if not alerts:
             return
@@ -917,7 +923,12 @@ class Assigner:
                 rows.append((work.case.id, "supervisors.notified",
                              {"reason": f"SLA breached on {work.case.ref}", "clocks": data["clocks"]}))
         # A case an agent already holds stays with them; the new tier counts if it goes back to the queue.
-        await self._persist(work, rows, case_changes=changes)
+        try:
+            await self._persist(work, rows, case_changes=changes)
+        except BaseException:
+            # Not recorded: the warning or breach must be raised again by the next tick, not forgotten.
+            work.sla = SlaClocks(work.sla.policy, work.sla.calendar, work.sla.warn_before, snapshot)
+            raise
 
     async def _persist(self, work: CaseWork, rows: list[tuple[int, str, dict[str, Any]]], *,
                        case_changes: dict[str, Any] | None = None) -> None:

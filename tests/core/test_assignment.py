@@ -513,3 +513,39 @@ async def test_restart_takes_in_a_case_reopened_while_down_and_honours_agent_rem
     assert work.agent_id is None and work.queued_at > MONDAY and again.holder(ref) is None  # anna is offline now
     assert work.sla.due("next_response") is not None and work.sla.due("resolution") is not None
     assert "bruno" not in again.assigner.workforce
+
+
+async def test_a_breach_the_store_could_not_record_is_recorded_by_the_next_tick(floor_factory, backend):
+    import sqlite3
+
+    from router.core.store.base import StoreUnavailable
+    from tests.conftest import run_sync
+    from tests.plugins.api.test_api_channel import _read_only
+
+    floor = await floor_factory([], routing={"default": {"team": "general", "tier": "L1", "sla": "standard"}})
+    ref = await floor.message()
+    floor.clock.advance(timedelta(minutes=10))  # the first response is due now (warning and breach at once)
+    store = floor.sb.store
+    if backend == "sqlite":
+        store._writer.execute("PRAGMA busy_timeout = 200")
+        blocker = sqlite3.connect(store.path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # another process holds the database
+        try:
+            with pytest.raises(StoreUnavailable):
+                await floor.assigner.tick()
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+    else:
+        run_sync(_read_only(store.dsn, True))
+        try:
+            with pytest.raises(StoreUnavailable):
+                await floor.assigner.tick()
+        finally:
+            run_sync(_read_only(store.dsn, False))
+    assert await floor.events(ref, "sla.breached") == []
+    await floor.advance(seconds=1)
+    await floor.advance(seconds=1)
+    assert [(e.type, e.data["clock"]) for e in await floor.events(ref, "sla.")] == [
+        ("sla.breached", "first_response")]  # once, though the first attempt to record it failed
+    assert len(await floor.events(ref, "supervisors.notified")) == 1
