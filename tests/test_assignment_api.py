@@ -33,10 +33,10 @@ async def settle(h):
     await h.sb.stash[ASSIGNER].settle()
 
 
-async def post_message(h, text="My payout did not arrive", external_id="m1"):
+async def post_message(h, text="My payout did not arrive", external_id="m1", **extra):
     response = await h.client.post("/api/v1/messages", headers=auth(TOKEN), json={
         "external_id": external_id, "sender": {"kind": "email", "value": "ada@example.com"}, "text": text,
-        "language": "en"})
+        "language": "en", **extra})
     assert response.status == 202, await response.text()
     await settle(h)
     return (await response.json())["case"]["ref"]
@@ -52,7 +52,7 @@ async def test_agent_works_a_case_through_the_api(http_factory, webhook_receiver
     client = h.client
     response = await client.put("/api/v1/agents/anna/presence", headers=auth(AGENT_TOKEN), json={"presence": "online"})
     assert response.status == 200 and (await response.json())["presence"] == "online"
-    ref = await post_message(h)
+    ref = await post_message(h, thread={"conversation": "chat-77"})
     anna = await (await client.get("/api/v1/agents/anna", headers=auth(READER_TOKEN))).json()
     [offer] = anna["offers"]
     assert offer["case"] == ref
@@ -74,6 +74,9 @@ async def test_agent_works_a_case_through_the_api(http_factory, webhook_receiver
             break
         await asyncio.sleep(0.05)
     assert [d["text"] for d in delivered] == ["Your payout left today."]
+    # It goes back into the customer's conversation, with the case's language, like the acknowledgement.
+    assert (delivered[0]["conversation"], delivered[0]["language"], delivered[0]["in_reply_to"]) == (
+        "chat-77", "en", "m1")
     done = await client.post(f"/api/v1/cases/{ref}/status", headers=auth(AGENT_TOKEN),
                              json={"agent": "anna", "status": "resolved"})
     assert done.status == 200

@@ -710,13 +710,13 @@ class Assigner:
             case = work.case
 
             async def unit(tx):
-                inbound = [m for m in await tx.messages_for_case(case.id) if m.direction.value == "in"]
-                last = inbound[-1] if inbound else None
+                found = await tx.last_inbound(case.id)
+                last, conversation = found if found else (None, None)
                 channel, account = (last.channel, last.account) if last else (case.channel, case.account)
                 message_id = await tx.insert_message(
                     case_id=case.id, direction=Direction.OUTBOUND, channel=channel, account=account, external_id=None,
-                    conversation=(last.meta or {}).get("conversation") if last else None, sender=f"agent:{agent_id}",
-                    text=text, meta={"kind": "reply", "agent": agent_id}, at=now)
+                    conversation=conversation, sender=f"agent:{agent_id}",
+                    text=text, meta={"kind": "reply", "agent": agent_id, "language": case.language}, at=now)
                 outbound_id = 0
                 registered = self.sb.channels.get(channel)
                 if last is not None and last.sender and registered is not None and registered.can_send(account):
@@ -725,7 +725,8 @@ class Assigner:
                         case_id=case.id, message_id=message_id, channel=channel, account=account,
                         recipient=Identity(kind=kind, value=value), kind="reply", text=text,
                         subject=f"Re: {case.subject or case.ref} [{case.ref}]",
-                        meta={"in_reply_to": last.external_id, "case_ref": case.ref, "agent": agent_id}, at=now)
+                        meta={"in_reply_to": last.external_id, "case_ref": case.ref, "agent": agent_id,
+                              "conversation": conversation, "language": case.language}, at=now)
                 sent = {"message_id": message_id, "agent": agent_id, "channel": channel, "outbound_id": outbound_id}
                 if not outbound_id:
                     sent["note"] = f"channel {channel!r} cannot write back to account {account!r}: kept, not sent"

@@ -407,6 +407,15 @@ class Tx(abc.ABC):
                 )
         return messages
 
+    async def last_inbound(self, case_id: int) -> tuple[Message, str | None] | None:
+        """The case's latest inbound message and its conversation id: where a reply goes back to."""
+        row = await self.fetchrow(
+            f"SELECT {MESSAGE_COLUMNS}, conversation FROM messages WHERE case_id = $1 AND direction = 'in' "
+            "ORDER BY id DESC LIMIT 1",
+            case_id,
+        )
+        return None if row is None else (message_from_row(row), row["conversation"])
+
     async def count_messages(self, channel: str, external_id: str) -> int:
         return await self.fetchval(
             "SELECT COUNT(*) FROM messages WHERE channel = $1 AND external_id = $2", channel, external_id
