@@ -150,3 +150,26 @@ async def test_transfer_and_escalate_through_the_api(desk):
     explained = await (await client.get(f"/api/v1/cases/{ref}/explain", headers=auth(READER_TOKEN))).json()
     kinds = [d["type"] for d in explained["decisions"]]
     assert "case.transferred" in kinds and "case.escalated" in kinds
+
+
+async def test_wrong_types_and_someone_elses_offer_are_refused(desk):
+    client = desk.client
+    await client.put("/api/v1/agents/anna/presence", headers=auth(AGENT_TOKEN), json={"presence": "online"})
+    ref = await post_message(desk)  # offered to anna
+    as_list = await client.post(f"/api/v1/cases/{ref}/transfer", headers=auth(TOKEN),
+                                json={"by": "sup", "reason": "x", "team": ["billing"]})
+    assert as_list.status == 400 and (await as_list.json())["fields"][0]["field"] == "team"
+    as_bool = await client.post(f"/api/v1/cases/{ref}/transfer", headers=auth(TOKEN),
+                                json={"by": "sup", "reason": "x", "priority": True})
+    assert as_bool.status == 400
+    other = await client.post(f"/api/v1/cases/{ref}/status", headers=auth(AGENT_TOKEN),
+                              json={"agent": "bruno", "status": "closed"})
+    assert other.status == 403  # bruno cannot close the case offered to anna
+    anna = await (await client.get("/api/v1/agents/anna", headers=auth(READER_TOKEN))).json()
+    offer_id = anna["offers"][0]["id"]
+    await client.post(f"/api/v1/offers/{offer_id}/accept", headers=auth(AGENT_TOKEN), json={"agent": "anna"})
+    text_flag = await client.post(f"/api/v1/cases/{ref}/replies", headers=auth(AGENT_TOKEN),
+                                  json={"agent": "anna", "text": "ok", "waiting_customer": "false"})
+    assert text_flag.status == 400 and "true or false" in (await text_flag.json())["detail"]
+    case = await (await client.get(f"/api/v1/cases/{ref}", headers=auth(READER_TOKEN))).json()
+    assert case["case"]["status"] == "assigned" and case["case"]["team"] == "general"  # nothing changed
