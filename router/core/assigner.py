@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from router.core.calendar import BusinessCalendar
 from router.core.model import Case, CaseStatus, Direction, Event, Identity, Route, check_transition
 from router.core.requirements import Widening, agent_skills, next_tier, requirement_for
-from router.core.store.base import StoreUnavailable
 from router.core.sla import FIRST_RESPONSE, NEXT_RESPONSE, RESOLUTION, SlaClocks, targets_for
+from router.core.store.base import StoreUnavailable
 from router.core.tasks import cancel_and_wait
 from router.core.workforce import ONLINE, PRESENCES, AgentState, Requirement, Selection, Workforce
 from router.routing_config import AgentConfig, BreachAction
@@ -634,7 +634,6 @@ class Assigner:
         if work.explained == key:
             return
         work.explained = key
-        now = self.sb.clock.now()
         data = self.explanation(work, req, selection)
         data["chosen"] = None
         if note:

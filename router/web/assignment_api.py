@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from router.core.assigner import ASSIGNER, Assigner, AssignmentError
+from router.core.assigner import ASSIGNER, Assigner
 from router.core.explain import explain_case
 from router.core.model import CaseStatus
 from router.routing_config import AgentConfig
@@ -155,8 +155,7 @@ async def transfer(request: web.Request) -> web.Response:
 
 
 async def escalate(request: web.Request) -> web.Response:
-    integration = require_integration(request, "agent")
-    del integration
+    require_integration(request, "agent")
     body = await _body(request, "by", "reason")
     assigner = _assigner(request)
     work = assigner.work_for(request.match_info["ref"].upper())
@@ -203,4 +202,4 @@ def routes() -> list[web.RouteDef]:
     ]
 
 
-__all__ = ["routes", "AssignmentError"]
+__all__ = ["routes"]
