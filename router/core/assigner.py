@@ -143,7 +143,7 @@ class Assigner:
 
         agents, offers, cases = await self.sb.store.write(seed)
         for row in agents:
-            definition = AgentConfig.model_validate(_json(row["definition"]))
+            definition = AgentConfig.model_validate(row["definition"])
             self._index_agent(definition, row["source"], presence=row["presence"],
                               last_assigned_at=row["last_assigned_at"], now=now)
         pending = [Offer(r["id"], r["case_id"], r["agent_id"], r["channel"], r["created_at"], r["expires_at"])
@@ -255,11 +255,8 @@ class Assigner:
             await self._drain()
 
     async def _react(self, event: Event) -> None:
-        case_id = event.case_id
-        if event.type == "case.routed":
-            await self._take_in(case_id)
-            return
-        work = self.cases.get(case_id)
+        """A customer's message or status change on a case already taken in (routed ones go to _take_in_many)."""
+        work = self.cases.get(event.case_id)
         if work is None:
             return
         now = self.sb.clock.now()
@@ -270,11 +267,9 @@ class Assigner:
             if work.sla:
                 work.sla.resume(now)
                 changed = True
-        if event.type == "message.received" and event.data.get("outcome") == "appended" and work.sla:
-            clocks = work.sla.clocks
-            if FIRST_RESPONSE in clocks and clocks[FIRST_RESPONSE]["stopped"] is not None:
-                targets = self._targets(work.case)
-                changed |= work.sla.start(NEXT_RESPONSE, targets.get(NEXT_RESPONSE), now)
+        if event.type == "message.received" and event.data.get("outcome") == "appended" and work.sla \
+                and work.sla.stopped(FIRST_RESPONSE):
+            changed |= work.sla.start(NEXT_RESPONSE, self._targets(work.case).get(NEXT_RESPONSE), now)
         if changed:  # a follow-up while the clocks already run changes nothing worth a write
             await self._persist(work, [])
 
@@ -301,9 +296,9 @@ class Assigner:
             if case is None or case.status != CaseStatus.QUEUED:
                 return None, []
             before = await tx.case_work(case.id)  # a reopened case has its earlier clocks
-            sla = self._sla_for(case, previous=_json(before["state"]).get("sla") if before else None)
+            sla = self._sla_for(case, previous=before["state"].get("sla") if before else None)
             targets = self._targets(case)
-            answered = FIRST_RESPONSE in sla.clocks and sla.clocks[FIRST_RESPONSE]["stopped"] is not None
+            answered = sla.stopped(FIRST_RESPONSE)
             # A reopened case that was answered before waits for the next response, not a first one.
             sla.start(NEXT_RESPONSE if answered else FIRST_RESPONSE,
                       targets.get(NEXT_RESPONSE if answered else FIRST_RESPONSE), now)
@@ -692,17 +687,11 @@ class Assigner:
             if work.agent_id != agent_id or work.case.status not in HELD_STATUSES:
                 raise AssignmentError(409, "conflict", f"{work.case.ref} is not held by {agent_id!r}; accept it first")
             now = self.sb.clock.now()
-            rows: list[tuple[int, str, dict[str, Any]]] = []
-            if work.sla:
-                for name in (FIRST_RESPONSE, NEXT_RESPONSE):
-                    clock = work.sla.stop(name, now)
-                    if clock is not None:
-                        rows.append((work.case.id, "sla.met" if clock["met"] else "sla.met_late",
-                                     {"clock": name, "due": clock["due"], "by": agent_id}))
-                if waiting_customer:
-                    work.sla.pause(now)
-            status = CaseStatus.WAITING_CUSTOMER if waiting_customer and work.case.status != CaseStatus.WAITING_CUSTOMER \
-                else None
+            rows = self._stop_clocks(work, (FIRST_RESPONSE, NEXT_RESPONSE), by=agent_id, now=now)
+            if work.sla and waiting_customer:
+                work.sla.pause(now)
+            now_waiting = waiting_customer and work.case.status != CaseStatus.WAITING_CUSTOMER
+            status = CaseStatus.WAITING_CUSTOMER if now_waiting else None
             if status is not None:
                 rows.append((work.case.id, "case.status_changed",
                              {"from": work.case.status.value, "to": status.value, "by": agent_id}))
@@ -749,13 +738,10 @@ class Assigner:
                 raise AssignmentError(403, "forbidden", f"{work.case.ref} is offered to another agent")
             check_transition(work.case.status, status)
             now = self.sb.clock.now()
-            data = []
+            data = self._stop_clocks(work, (RESOLUTION,), by=by, now=now)
             if work.sla:
-                for name in list(work.sla.clocks):
-                    clock = work.sla.stop(name, now)
-                    if clock is not None and name == RESOLUTION:
-                        data.append((work.case.id, "sla.met" if clock["met"] else "sla.met_late",
-                                     {"clock": name, "due": clock["due"], "by": by}))
+                for name in list(work.sla.clocks):  # the response clocks end with the case, unrecorded
+                    work.sla.stop(name, now)
             data.append((work.case.id, "case.status_changed",
                          {"from": work.case.status.value, "to": status.value, "by": by}))
             offer = work.offer
@@ -780,6 +766,18 @@ class Assigner:
             work.case = dataclasses.replace(work.case, status=status, updated_at=now)
             await self.sb.after_write(events)
             await self._drain()
+
+    @staticmethod
+    def _stop_clocks(work: CaseWork, names: tuple[str, ...], *, by: str,
+                     now: datetime) -> list[tuple[int, str, dict[str, Any]]]:
+        """Stop these SLA clocks; an event for each that was running: met in time, or late."""
+        rows: list[tuple[int, str, dict[str, Any]]] = []
+        for name in names:
+            clock = work.sla.stop(name, now) if work.sla else None
+            if clock is not None:
+                rows.append((work.case.id, "sla.met" if clock["met"] else "sla.met_late",
+                             {"clock": name, "due": clock["due"], "by": by}))
+        return rows
 
     def _release(self, work: CaseWork) -> None:
         holder = work.offer.agent_id if work.offer is not None else work.agent_id
@@ -832,8 +830,7 @@ class Assigner:
         if work.case.status != CaseStatus.QUEUED:
             check_transition(work.case.status, CaseStatus.QUEUED)
             status_changes["status"] = CaseStatus.QUEUED
-        sla = SlaClocks(work.sla.policy, work.sla.calendar, work.sla.warn_before, work.sla.as_dict()) \
-            if work.sla else None
+        sla = work.sla.copy() if work.sla else None
         if sla is not None and work.case.status == CaseStatus.WAITING_CUSTOMER:
             sla.resume(now)  # back in the queue: the customer no longer has the ball
         new = dataclasses.replace(work, agent_id=None, offer=None, sla=sla,
@@ -927,7 +924,7 @@ class Assigner:
             await self._persist(work, rows, case_changes=changes)
         except BaseException:
             # Not recorded: the warning or breach must be raised again by the next tick, not forgotten.
-            work.sla = SlaClocks(work.sla.policy, work.sla.calendar, work.sla.warn_before, snapshot)
+            work.sla = work.sla.copy(snapshot)
             raise
 
     async def _persist(self, work: CaseWork, rows: list[tuple[int, str, dict[str, Any]]], *,
@@ -949,9 +946,12 @@ class Assigner:
             work.case = dataclasses.replace(work.case, **changes, route=route, updated_at=now)
         await self.sb.after_write(events)
 
-    def _sla_for(self, case: Case, previous: dict[str, Any] | None = None) -> SlaClocks:
+    def _sla_policy(self, case: Case):
         name = case.route.get("sla_policy")
-        policy = self.config.sla_policies.get(name) if name else None
+        return name, (self.config.sla_policies.get(name) if name else None)
+
+    def _sla_for(self, case: Case, previous: dict[str, Any] | None = None) -> SlaClocks:
+        name, policy = self._sla_policy(case)
         calendar_name = (policy.calendar if policy else None) or (
             self.config.lines[case.line].calendar if case.line in self.config.lines else None)
         calendar = self.calendars.get(calendar_name) if calendar_name else None
@@ -959,8 +959,7 @@ class Assigner:
                          policy.warn_before if policy else timedelta(0), previous)
 
     def _targets(self, case: Case) -> dict[str, timedelta]:
-        name = case.route.get("sla_policy")
-        policy = self.config.sla_policies.get(name) if name else None
+        _name, policy = self._sla_policy(case)
         if policy is None:
             return {}
         return targets_for(policy, channel=case.channel, line=case.line, team=case.team, priority=case.priority)
@@ -985,14 +984,3 @@ class Assigner:
                 "explanation": self.explanation(work, req, selection),
             })
         return out
-
-
-def _json(value: Any) -> Any:
-    import json
-
-    return json.loads(value) if isinstance(value, str) else value
-
-
-def assigner(switchboard: Any) -> Assigner:
-    return switchboard.stash[ASSIGNER]
-

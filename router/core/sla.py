@@ -64,6 +64,15 @@ class SlaClocks:
     def as_dict(self) -> dict[str, Any]:
         return {k: dict(v) for k, v in self.clocks.items()}
 
+    def copy(self, state: dict[str, Any] | None = None) -> "SlaClocks":
+        """The same policy and calendar with these clocks (default: the current ones, copied)."""
+        return SlaClocks(self.policy, self.calendar, self.warn_before, self.as_dict() if state is None else state)
+
+    def stopped(self, name: str) -> bool:
+        """Whether the clock was started and has stopped (for first_response: the case has been answered)."""
+        clock = self.clocks.get(name)
+        return clock is not None and clock["stopped"] is not None
+
     def start(self, name: str, target: timedelta | None, now: datetime) -> bool:
         """Start (or restart) a clock; a running clock is left alone. False when nothing started."""
         self._next_known = False

@@ -4,8 +4,8 @@ others were passed over, without scanning the agents on every decision.
 Agents with the same skills share a *pool*. Levels count only as far as some requirement has looked at them:
 each level is rounded down to the highest threshold any requirement asked of that skill (``lang:it>=4`` makes
 4 a threshold of ``lang:it``), so agents whose levels differ where nobody asks share a pool, and a new
-threshold re-pools everyone once. Whether a pool satisfies a requirement is decided once per requirement and cached, so a decision looks
-at the eligible pools only, never at individual agents that cannot take the case.
+threshold re-pools everyone once. Whether a pool satisfies a requirement is decided once per requirement and
+cached, so a decision looks at the eligible pools only, never at individual agents that cannot take the case.
 
 Each pool keeps its agents partitioned by state, every list sorted by the fairness key (the order of
 ``router.core.assignment.fairness_key``: least loaded, then longest since the last assignment, then id):
@@ -152,7 +152,7 @@ class _Slot:
     """Where an agent is filed: its pool, the key it is filed under and its state."""
     __slots__ = ("agent", "pool", "key", "state")
 
-    def __init__(self, agent: AgentState, pool: _Pool) -> None:
+    def __init__(self, agent: AgentState, pool: _Pool | None) -> None:
         self.agent = agent
         self.pool = pool
         self.key: tuple = ()
@@ -224,13 +224,11 @@ class Workforce:
             self._unfile(slot)
             if slot.pool.signature != signature:
                 self._leave_pool(slot)
-                slot.pool = self._pool(signature)
-                slot.pool.members[agent.id] = None
+                self._join_pool(slot, signature)
             slot.agent = agent
         else:
-            slot = _Slot(agent, self._pool(signature))
-            slot.pool.members[agent.id] = None
-            self._slots[agent.id] = slot
+            slot = self._slots[agent.id] = _Slot(agent, None)
+            self._join_pool(slot, signature)
         self._file(slot)
 
     def remove(self, agent_id: str) -> None:
@@ -400,8 +398,7 @@ class Workforce:
             if slot.pool.signature != signature:
                 self._unfile(slot)
                 self._leave_pool(slot)
-                slot.pool = self._pool(signature)
-                slot.pool.members[slot.agent.id] = None
+                self._join_pool(slot, signature)
                 self._file(slot)
         self._cache.clear()
 
@@ -414,6 +411,10 @@ class Workforce:
                 self._by_skill.setdefault(name, set()).add(pool)
             self._cache.clear()  # cached requirements do not know the new pool
         return pool
+
+    def _join_pool(self, slot: _Slot, signature: frozenset) -> None:
+        slot.pool = self._pool(signature)
+        slot.pool.members[slot.agent.id] = None
 
     def _leave_pool(self, slot: _Slot) -> None:
         pool = slot.pool

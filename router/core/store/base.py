@@ -529,10 +529,11 @@ class Tx(abc.ABC):
 
 
     # -- agents, offers and assignment state (router.core.assigner) -----------------------------------------
-    async def agents(self) -> list[Any]:
-        return await self.fetch(
+    async def agents(self) -> list[dict[str, Any]]:
+        rows = await self.fetch(
             "SELECT id, definition, source, presence, presence_at, last_assigned_at, updated_at FROM agents ORDER BY id"
         )
+        return [{**{key: row[key] for key in row.keys()}, "definition": _json(row["definition"])} for row in rows]
 
     async def upsert_agent(self, agent_id: str, definition: dict[str, Any], source: str, at: datetime) -> None:
         """Create an agent (offline) or replace its definition; presence and history are kept."""
@@ -591,10 +592,11 @@ class Tx(abc.ABC):
             case_id, agent_id, queued_at, state, at,
         )
 
-    async def case_work(self, case_id: int) -> Any | None:
-        return await self.fetchrow(
+    async def case_work(self, case_id: int) -> dict[str, Any] | None:
+        row = await self.fetchrow(
             "SELECT case_id, agent_id, queued_at, state, updated_at FROM case_work WHERE case_id = $1", case_id
         )
+        return None if row is None else {**{key: row[key] for key in row.keys()}, "state": _json(row["state"])}
 
     async def open_cases_for_assignment(self) -> list[tuple[Case, Any | None]]:
         """Every open case that has been routed, with its assignment state (None when it has none yet)."""
