@@ -17,6 +17,7 @@ from router.core.clock import Clock, ManualClock
 from router.core.dispatcher import Dispatcher
 from router.core.model import Event
 from router.core.outbox import Outbox
+from router.core.quarantine import Quarantine
 from router.core.store import Store, make_store
 from router.metrics import Metrics
 from router.plugins import Hooks, build_plugin_manager
@@ -53,6 +54,7 @@ class Switchboard:
         self.stash = Stash()
         self.dispatcher = Dispatcher(self)
         self.outbox = Outbox(self)
+        self.quarantine = Quarantine(self)
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         # Integration tokens are compared by their SHA-256, so lookups do not leak timing about the token.
         self._integrations = {_digest(i.token.get()): i for i in config.integrations}

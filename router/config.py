@@ -6,7 +6,7 @@ import re
 import string
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -23,6 +23,9 @@ from router.routing_config import (
     SlaPolicyConfig,
     TeamConfig,
 )
+
+M = TypeVar("M", bound=Model)
+
 
 class InstanceConfig(Model):
     name: str = "Switchboard"
@@ -302,6 +305,21 @@ def validate_config(data: dict[str, Any], sources: dict[str, str] | None = None)
         raise ConfigError(problems) from None
 
 
+def plugin_settings(config: Config, name: str, model: type[M]) -> M:
+    """Validate the `plugins.<name>` section with `model`; problems name the file and the key path."""
+    try:
+        return model.model_validate(config.plugins.get(name) or {})
+    except ValidationError as exc:
+        file = config.source_of("plugins")
+        problems = []
+        for error in exc.errors():
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = f"unknown key (a typo?); see docs/configuration.md#{name}"
+            problems.append(f"{file}: {_format_loc(('plugins', name, *error['loc']))}: {message}")
+        raise ConfigError(problems) from None
+
+
 def redacted(config: Config) -> dict[str, Any]:
     """The configuration as it may be printed: secrets appear only as the variable they come from."""
     return config.model_dump(mode="json")
@@ -309,5 +327,5 @@ def redacted(config: Config) -> dict[str, Any]:
 
 __all__ = [
     "MAIN_FILE", "Config", "ConfigError", "Duration", "IntegrationConfig", "Model", "Secret", "load_config",
-    "parse_duration", "redacted", "validate_config",
+    "parse_duration", "plugin_settings", "redacted", "validate_config",
 ]

@@ -100,6 +100,17 @@ def switchboard_inbound_received(message: "InboundMessage", switchboard: "Switch
     """
 
 
+@hookspec(firstresult=True)
+def switchboard_reparse(item: "dict[str, Any]", switchboard: "Switchboard") -> "InboundMessage | None":
+    """Turn a quarantined message back into an :class:`InboundMessage`, for an operator's reprocess request.
+
+    ``item`` has ``channel``, ``account``, ``source_key``, ``reason``, ``meta`` (what the plugin stored with it)
+    and ``raw`` (the bytes as received). Return ``None`` when ``item["channel"]`` is not yours; raise
+    ``ValueError`` (or :class:`router.core.dispatcher.InvalidInbound`) with the reason when it still cannot be
+    taken: it stays quarantined with that reason. May be async; the first non-``None`` answer wins.
+    """
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Routing
 # ---------------------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "core.routing": "router.core.routing",
     "core.assignment": "router.core.assignment",
     "api": "plugins.api",
+    "email": "plugins.email",
 }
 # The core cannot work without these; blocking them is refused rather than leaving cases nowhere to go.
 ESSENTIAL = frozenset({"core.routing", "core.assignment"})
@@ -69,6 +70,7 @@ PER_IMPLEMENTATION_HOOKS = (
     "switchboard_shutdown",
     "switchboard_inbound_received",
     "switchboard_deliver",
+    "switchboard_reparse",
     "switchboard_case_event",
 )
 
@@ -159,6 +161,13 @@ class Hooks:
             if changed is not None:
                 message = changed
         return message
+
+    async def reparse(self, *, item: Any, switchboard: Any) -> Any:
+        for impl in reversed(self._h.switchboard_reparse.get_hookimpls()):
+            result = await await_me_maybe(_call(impl, item=item, switchboard=switchboard))
+            if result is not None:
+                return result
+        return None
 
     # routing (synchronous by contract: they run inside the write)
     def classify(self, *, message: Any, case: Any, customer: Any, switchboard: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from router.core.calendar import BusinessCalendar
-from router.core.model import Case, CaseStatus, Direction, Event, Identity, Route, check_transition
+from router.core.model import Case, CaseStatus, Direction, Event, Identity, Route, check_transition, tagged_subject
 from router.core.requirements import Widening, agent_skills, next_tier, requirement_for
 from router.core.sla import FIRST_RESPONSE, NEXT_RESPONSE, RESOLUTION, SlaClocks, targets_for
 from router.core.store.base import StoreUnavailable
@@ -712,9 +712,10 @@ class Assigner:
                     outbound_id = await tx.enqueue_outbound(
                         case_id=case.id, message_id=message_id, channel=channel, account=account,
                         recipient=Identity(kind=kind, value=value), kind="reply", text=text,
-                        subject=f"Re: {case.subject or case.ref} [{case.ref}]",
-                        meta={"in_reply_to": last.external_id, "case_ref": case.ref, "agent": agent_id,
-                              "conversation": conversation, "language": case.language}, at=now)
+                        subject=tagged_subject(case.subject, case.ref, reply=True),
+                        meta={"in_reply_to": last.external_id, "references": last.meta.get("references", []),
+                              "case_ref": case.ref, "agent": agent_id, "conversation": conversation,
+                              "language": case.language}, at=now)
                 sent = {"message_id": message_id, "agent": agent_id, "channel": channel, "outbound_id": outbound_id}
                 if not outbound_id:
                     sent["note"] = f"channel {channel!r} cannot write back to account {account!r}: kept, not sent"

@@ -19,6 +19,7 @@ from router.core.model import (
     InvalidIdentity,
     Route,
     normalise_identity,
+    tagged_subject,
 )
 from router.core.store.base import Conflict, Tx
 
@@ -228,6 +229,10 @@ class Dispatcher:
             case = await tx.case_for_external_ids(message.channel, hints.in_reply_to)
             if case is not None and case.customer_id == customer.id:
                 return case, "in_reply_to"
+        if hints.quoted_ref:
+            case = await tx.case_by_ref(hints.quoted_ref.strip().upper())
+            if case is not None and case.customer_id == customer.id:
+                return case, "quoted_ref"
         if hints.conversation:
             case = await tx.case_for_conversation(customer.id, message.channel, hints.conversation)
             if case is not None:
@@ -272,8 +277,12 @@ class Dispatcher:
             meta["display_name"] = message.display_name
         if message.subject:
             meta["subject"] = message.subject
-        if message.raw_ref:
+        if message.raw is not None:
+            meta["raw_ref"] = f"raw_payloads/{await tx.insert_raw_payload(message.channel, message.raw, work.now)}"
+        elif message.raw_ref:
             meta["raw_ref"] = message.raw_ref
+        if message.thread.in_reply_to:
+            meta["references"] = message.thread.in_reply_to
         if message.language:
             meta["language"] = message.language
         ctx = message.context
@@ -285,6 +294,8 @@ class Dispatcher:
             meta["context"] = context
         if message.auto_generated:
             meta["auto_generated"] = True
+        if message.details:
+            meta["details"] = message.details
         message_id = await tx.insert_message(
             case_id=case.id,
             direction=Direction.INBOUND,
@@ -352,9 +363,9 @@ class Dispatcher:
             recipient=message.sender,
             kind="ack",
             text=text,
-            subject=_reply_subject(message.subject, case.ref),
-            meta={"in_reply_to": message.external_id, "conversation": message.thread.conversation,
-                  "case_ref": case.ref, "language": language},
+            subject=tagged_subject(message.subject, case.ref),
+            meta={"in_reply_to": message.external_id, "references": message.thread.in_reply_to,
+                  "conversation": message.thread.conversation, "case_ref": case.ref, "language": language},
             at=work.now,
         )
         work.outbound_ids.append(outbound_id)
@@ -367,12 +378,6 @@ def _normalised(identity: Identity, region: str | None) -> Identity:
     """`identity.normalised(region)`, reusing `identity` when it is already in normal form."""
     value = normalise_identity(identity.kind, identity.value, default_region=region)
     return identity if value == identity.value and type(identity) is Identity else Identity(kind=identity.kind, value=value)
-
-
-def _reply_subject(subject: str | None, ref: str) -> str:
-    base = subject or "Your request"
-    tag = f"[#{ref}]"
-    return base if tag in base else f"{base} {tag}"
 
 
 __all__ = ["Dispatcher", "InvalidInbound", "Identity"]

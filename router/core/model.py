@@ -69,6 +69,10 @@ class ThreadHints(BaseModel):
     conversation: str | None = Field(default=None, max_length=512, description="channel-level conversation id")
     case_ref: str | None = Field(default=None, max_length=64, description="a case reference the sender quoted")
     in_reply_to: list[str] = Field(default_factory=list, max_length=100)
+    quoted_ref: str | None = Field(
+        default=None, max_length=64,
+        description="a case reference found in free text (an email subject's [#SB-12] tag): weaker than in_reply_to",
+    )
     new_conversation: bool = Field(
         default=False,
         description="the channel knows this starts a new conversation (e.g. a fresh email with no references)",
@@ -104,6 +108,13 @@ class InboundMessage(BaseModel):
     linked_identities: list[Identity] = Field(default_factory=list, max_length=20)
     received_at: datetime | None = None
     raw_ref: str | None = Field(default=None, max_length=1024, description="where the raw payload is kept")
+    raw: bytes | None = Field(
+        default=None, exclude=True, repr=False,
+        description="the payload as received, stored with the message for audit (set by channel plugins)",
+    )
+    details: dict[str, Any] = Field(
+        default_factory=dict, description="channel-specific facts kept with the message (headers, parsing notes)"
+    )
     trusted: bool = Field(default=False, description="set by the channel: the source may link identities and set roles")
     auto_generated: bool = Field(default=False, description="machine-generated: never acknowledged automatically")
 
@@ -113,6 +124,20 @@ class InboundMessage(BaseModel):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
         return value
+
+
+def case_tag(ref: str) -> str:
+    """How a case reference is written in subjects (`[#SB-12]`), so a reply quoting it threads back."""
+    return f"[#{ref}]"
+
+
+def tagged_subject(subject: str | None, ref: str, *, reply: bool = False) -> str:
+    """`subject` with the case tag, once; `reply` adds one `Re: ` as mail clients do."""
+    base = (subject or "").strip() or "Your request"
+    if reply and not base.lower().startswith("re:"):
+        base = f"Re: {base}"
+    tag = case_tag(ref)
+    return base if tag in base else f"{base} {tag}"
 
 
 class CaseStatus(str, enum.Enum):

@@ -104,3 +104,37 @@ class Outbox:
         events = await self.sb.store.write(unit)
         self.sb.metrics.outbound.labels(outbound.channel, status.value).inc()
         await self.sb.after_write(events)
+
+    async def report(self, outbound_id: int, *, delivered: bool, error: str | None = None,
+                     recipient_failing: bool = False) -> bool:
+        """A channel's delivery report for a message it sent earlier (a bounce, a status callback).
+
+        A failure marks the row failed with `error` for the agent to see; with `recipient_failing` the recipient
+        identity is marked as failing too (automatic mail to it stops). Reporting the same thing twice changes
+        nothing. Returns whether the row exists.
+        """
+        now = self.sb.clock.now()
+        status = OutboundStatus.DELIVERED if delivered else OutboundStatus.FAILED
+
+        async def unit(tx):
+            outbound = await tx.get_outbound(outbound_id)
+            if outbound is None:
+                return False, []
+            if outbound.status is status and outbound.last_error == error:
+                return True, []
+            await tx.finish_outbound(outbound_id, status=status, attempts=outbound.attempts, next_attempt_at=now,
+                                     last_error=error, provider_id=outbound.provider_id, at=now)
+            data = {"outbound_id": outbound_id, "channel": outbound.channel, "kind": outbound.kind,
+                    "recipient": str(outbound.recipient)}
+            if error:
+                data["error"] = error
+            events = [(outbound.case_id, "outbound.delivered" if delivered else "outbound.bounced", data)]
+            if not delivered and recipient_failing:
+                if await tx.mark_identity_failing(outbound.recipient, error or "delivery failed", now):
+                    events.append((outbound.case_id, "identity.failing",
+                                   {"identity": str(outbound.recipient), "reason": error or "delivery failed"}))
+            return True, await tx.append_events(events, outbound.channel, now)
+
+        found, events = await self.sb.store.write(unit)
+        await self.sb.after_write(events)
+        return found

@@ -114,3 +114,54 @@ async def list_cases(request: web.Request) -> web.Response:
     if len(cases) == limit:
         body["next"] = f"/api/v1/cases?limit={limit}&before={cases[-1].id}" + (f"&status={status}" if status else "")
     return web.json_response(body)
+
+
+def quarantined_json(item: dict[str, Any]) -> dict[str, Any]:
+    out = {k: item[k] for k in ("id", "channel", "account", "source_key", "reason", "status", "attempts", "meta")}
+    out["case_id"] = item["case_id"]
+    out["created_at"] = item["created_at"].isoformat()
+    out["updated_at"] = item["updated_at"].isoformat()
+    if "raw" in item:
+        raw: bytes = item["raw"]
+        out["size"] = len(raw)
+        out["raw_preview"] = raw[:65536].decode("utf-8", "replace")
+    if item.get("case_ref"):
+        out["case_ref"] = item["case_ref"]
+    return out
+
+
+async def list_quarantine(request: web.Request) -> web.Response:
+    require_integration(request, "read")
+    status = request.query.get("status", "held")
+    if status not in ("held", "reprocessed", "all"):
+        raise HTTPProblem(400, "bad_request", f"status must be held, reprocessed or all, not {status!r}")
+    items = await switchboard_of(request).store.read(
+        lambda tx: tx.list_quarantine(None if status == "all" else status, limit=500))
+    return web.json_response({"quarantine": [quarantined_json(i) for i in items]})
+
+
+def _item_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        raise HTTPProblem(400, "bad_request", "a quarantine id is a whole number") from None
+
+
+async def get_quarantined(request: web.Request) -> web.Response:
+    require_integration(request, "read")
+    item_id = _item_id(request)
+    item = await switchboard_of(request).store.read(lambda tx: tx.get_quarantined(item_id))
+    if item is None:
+        raise HTTPProblem(404, "not_found", f"no quarantined message {item_id}")
+    return web.json_response(quarantined_json(item))
+
+
+async def reprocess_quarantined(request: web.Request) -> web.Response:
+    from router.core.quarantine import QuarantineError
+
+    require_integration(request, "supervise")
+    try:
+        item = await switchboard_of(request).quarantine.reprocess(_item_id(request))
+    except QuarantineError as exc:
+        raise HTTPProblem(exc.status, "not_found" if exc.status == 404 else "conflict", str(exc)) from None
+    return web.json_response(quarantined_json(item), status=200 if item["status"] == "reprocessed" else 422)

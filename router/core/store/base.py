@@ -407,6 +407,14 @@ class Tx(abc.ABC):
                 )
         return messages
 
+    async def attachment_contents(self, message_id: int) -> list[tuple[str, str, bytes]]:
+        """(filename, content type, bytes) of a message's attachments that are stored in the database."""
+        rows = await self.fetch(
+            "SELECT filename, content_type, content FROM attachments WHERE message_id = $1 AND content IS NOT NULL "
+            "ORDER BY id", message_id,
+        )
+        return [(r["filename"], r["content_type"], bytes(r["content"])) for r in rows]
+
     async def last_inbound(self, case_id: int) -> tuple[Message, str | None] | None:
         """The case's latest inbound message and its conversation id: where a reply goes back to."""
         row = await self.fetchrow(
@@ -527,6 +535,105 @@ class Tx(abc.ABC):
         value = await self.fetchval("SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'")
         return datetime.fromisoformat(value) if isinstance(value, str) else value
 
+
+    async def count_outbound_since(self, channel: str, recipient: str, kinds: Sequence[str], since: datetime,
+                                   before_id: int) -> int:
+        """How many messages of these kinds went to `recipient` since `since`: sent ones, and ones older than
+        `before_id` still being sent (so that a batch delivered at once counts its own earlier members)."""
+        marks = ", ".join(f"${i}" for i in range(5, 5 + len(kinds)))
+        return await self.fetchval(
+            f"SELECT COUNT(*) FROM outbox WHERE channel = $1 AND recipient_value = $2 AND created_at >= $3 "
+            f"AND kind IN ({marks}) AND (status IN ('sent', 'delivered') OR (status = 'sending' AND id < $4))",
+            channel, recipient, since, before_id, *kinds,
+        )
+
+    # -- raw payloads, quarantine and channel state (channel plugins) ---------------------------------------
+    async def insert_raw_payload(self, channel: str, content: bytes, at: datetime) -> int:
+        return await self.fetchval(
+            "INSERT INTO raw_payloads (channel, content, created_at) VALUES ($1, $2, $3) RETURNING id", channel, content, at
+        )
+
+    async def raw_payload(self, payload_id: int) -> bytes | None:
+        value = await self.fetchval("SELECT content FROM raw_payloads WHERE id = $1", payload_id)
+        return None if value is None else bytes(value)
+
+    async def known_external_ids(self, channel: str, external_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """Which of these external ids are stored already: {external id: (case id, receiving account)}."""
+        found: dict[str, tuple[int, str]] = {}
+        ids = list(dict.fromkeys(external_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ", ".join(f"${i}" for i in range(2, 2 + len(chunk)))
+            rows = await self.fetch(
+                f"SELECT external_id, case_id, account FROM messages WHERE channel = $1 AND external_id IN ({marks})",
+                channel, *chunk,
+            )
+            found.update({r["external_id"]: (r["case_id"], r["account"]) for r in rows})
+        return found
+
+    async def quarantine_message(
+        self, *, channel: str, account: str, source_key: str, reason: str, raw: bytes, meta: dict[str, Any], at: datetime
+    ) -> tuple[int, bool]:
+        """Keep a message that could not be taken, with why; (id, whether it is new). The same source twice is
+        one entry: a mailbox fetched again after a crash does not quarantine a message twice."""
+        new_id = await self.fetchval(
+            "INSERT INTO quarantine (channel, account, source_key, reason, raw, meta, status, attempts, created_at, "
+            "updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'held', 1, $7, $7) "
+            "ON CONFLICT (channel, source_key) DO NOTHING RETURNING id",
+            channel, account, source_key, reason, raw, meta, at,
+        )
+        if new_id is not None:
+            return new_id, True
+        return await self.fetchval(
+            "SELECT id FROM quarantine WHERE channel = $1 AND source_key = $2", channel, source_key
+        ), False
+
+    _QUARANTINE_COLUMNS = "id, channel, account, source_key, reason, meta, status, attempts, case_id, created_at, updated_at"
+
+    async def list_quarantine(self, status: str | None = "held", limit: int = 100) -> list[dict[str, Any]]:
+        where = "WHERE status = $2 " if status else ""
+        args: list[Any] = [limit] + ([status] if status else [])
+        rows = await self.fetch(f"SELECT {self._QUARANTINE_COLUMNS} FROM quarantine {where}ORDER BY id LIMIT $1", *args)
+        return [{**{k: r[k] for k in r.keys()}, "meta": _json(r["meta"])} for r in rows]
+
+    async def get_quarantined(self, item_id: int) -> dict[str, Any] | None:
+        row = await self.fetchrow(f"SELECT {self._QUARANTINE_COLUMNS}, raw FROM quarantine WHERE id = $1", item_id)
+        if row is None:
+            return None
+        return {**{k: row[k] for k in row.keys()}, "meta": _json(row["meta"]), "raw": bytes(row["raw"])}
+
+    async def update_quarantined(self, item_id: int, *, status: str, reason: str, attempts: int, case_id: int | None,
+                                 at: datetime) -> None:
+        await self.execute(
+            "UPDATE quarantine SET status = $2, reason = $3, attempts = $4, case_id = $5, updated_at = $6 WHERE id = $1",
+            item_id, status, reason, attempts, case_id, at,
+        )
+
+    async def channel_state(self, channel: str, key: str) -> dict[str, Any] | None:
+        """A channel plugin's own durable state under `key` (e.g. a mailbox's UIDVALIDITY and last UID)."""
+        return _json(await self.fetchval("SELECT state FROM channel_state WHERE channel = $1 AND key = $2", channel, key))
+
+    async def put_channel_state(self, channel: str, key: str, state: dict[str, Any], at: datetime) -> None:
+        await self.execute(
+            "INSERT INTO channel_state (channel, key, state, updated_at) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (channel, key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            channel, key, state, at,
+        )
+
+    async def mark_identity_failing(self, identity: Identity, reason: str | None, at: datetime) -> bool:
+        """Record that messages to `identity` fail (a bounce), or with `reason` None that they work again.
+        False when no customer has this identity."""
+        done = await self.fetchval(
+            "UPDATE identities SET failing = $3, failing_at = $4 WHERE kind = $1 AND value = $2 RETURNING id",
+            identity.kind, identity.value, reason, at if reason else None,
+        )
+        return done is not None
+
+    async def identity_failing(self, identity: Identity) -> str | None:
+        """Why messages to `identity` fail, or None when nothing is known against it."""
+        return await self.fetchval(
+            "SELECT failing FROM identities WHERE kind = $1 AND value = $2", identity.kind, identity.value
+        )
 
     # -- agents, offers and assignment state (router.core.assigner) -----------------------------------------
     async def agents(self) -> list[dict[str, Any]]:

@@ -1,0 +1,393 @@
+"""One mailbox's ingest: UID-incremental sync with IDLE, headers first, bodies in bounded batches, every message
+stored (or quarantined) before the server is told anything, and a mailbox failing on its own."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from plugins.email.config import EmailConfig, MailboxConfig
+from plugins.email.parse import ParsedMail, Unparseable, message_ids, parse_mail
+from plugins.email.tokens import Tokens
+from plugins.email.transport import IMAP_ERRORS, ImapSession
+from router.core.dispatcher import InvalidInbound
+from router.core.model import Identity, InboundMessage, IngestOutcome, ThreadHints
+from router.core.store.base import StoreUnavailable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from router.app import Switchboard
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "email"
+SEEN = b"\\Seen"
+HEADER_ITEM = b"BODY[HEADER.FIELDS (MESSAGE-ID)]"
+MAX_TEXT = 1_000_000
+MAX_ATTACHMENTS = 100
+BODY_BATCH_BYTES = 32 * 1024 * 1024  # one FETCH of bodies asks for at most this much
+
+
+@dataclasses.dataclass(slots=True)
+class MailboxStatus:
+    """What an operator sees about a mailbox (`GET /api/v1/email/mailboxes`)."""
+
+    name: str
+    address: str
+    connected: bool = False
+    idle: bool = False
+    uidvalidity: int | None = None
+    last_uid: int = 0
+    last_sync_at: float | None = None
+    last_error: str | None = None
+    failures: int = 0
+    counts: dict[str, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["counts"] = dict(self.counts)
+        return data
+
+
+def to_inbound(parsed: ParsedMail, raw: bytes, mailbox: MailboxConfig, tokens: Tokens,
+               source: dict[str, Any]) -> tuple[InboundMessage, int | None]:
+    """The normalised message for a parsed mail, and the outbound id it answers or reports on (a bounce)."""
+    ref, outbound_id = tokens.find(parsed.references, parsed.recipients)
+    notes = list(parsed.notes)
+    sender = parsed.sender
+    if parsed.bounce is not None:
+        if not ref:
+            for original in parsed.bounce.original_ids:
+                found = tokens.from_message_id(original)
+                if found:
+                    ref, outbound_id = found
+                    break
+        # A bounce is about the address that failed: it belongs in that customer's case.
+        if ref and parsed.bounce.recipients:
+            sender = parsed.bounce.recipients[0]
+    text = parsed.text or parsed.full_text or (parsed.subject or "") or "(empty message)"
+    if len(text) > MAX_TEXT:
+        notes.append(f"text cut at {MAX_TEXT} characters; the whole mail is in the raw message")
+        text = text[:MAX_TEXT]
+    attachments = parsed.attachments
+    if len(attachments) > MAX_ATTACHMENTS:
+        notes.append(f"{len(attachments)} attachments: the first {MAX_ATTACHMENTS} are kept, all are in the raw message")
+        attachments = attachments[:MAX_ATTACHMENTS]
+    details: dict[str, Any] = {"mailbox": mailbox.name, **source}
+    if parsed.full_text != text:
+        details["full_text"] = parsed.full_text[:MAX_TEXT]
+    if notes:
+        details["notes"] = notes
+    if parsed.auto_generated:
+        details["auto_generated"] = parsed.auto_generated
+    if parsed.bounce is not None:
+        details["bounce"] = dataclasses.asdict(parsed.bounce)
+    if parsed.sent_at is not None:
+        details["date"] = parsed.sent_at.isoformat()
+    hints = ThreadHints(
+        case_ref=ref, in_reply_to=parsed.references, quoted_ref=parsed.case_tag,
+        new_conversation=not (ref or parsed.references or parsed.case_tag),
+    )
+    message = InboundMessage(
+        channel=CHANNEL, account=mailbox.address, external_id=parsed.message_id,
+        sender=Identity(kind="email", value=sender[:512]), display_name=(parsed.display_name or None) and parsed.display_name[:512],
+        subject=parsed.subject, text=text, attachments=attachments, thread=hints, raw=raw,
+        auto_generated=parsed.auto_generated is not None, details=details,
+    )
+    return message, outbound_id
+
+
+class Mailbox:
+    """Keeps one IMAP folder flowing into cases; `run` until cancelled, reconnecting with backoff."""
+
+    def __init__(self, sb: "Switchboard", settings: EmailConfig, mailbox: MailboxConfig, tokens: Tokens):
+        self.sb = sb
+        self.settings = settings
+        self.config = mailbox
+        self.tokens = tokens
+        self.status = MailboxStatus(mailbox.name, mailbox.address)
+        self.session = ImapSession(mailbox.imap, mailbox.name)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._lock = asyncio.Lock()  # one sync at a time (the poll job and IDLE may both ask)
+
+    @property
+    def state_key(self) -> str:
+        return self.config.name
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        delay = 1.0
+        while not self._stopping:
+            try:
+                await self.connect()
+                delay = 1.0
+                while not self._stopping:
+                    await self.sync()
+                    await self._wait_for_mail()
+            except asyncio.CancelledError:
+                raise
+            except (*IMAP_ERRORS, StoreUnavailable) as exc:
+                self._failed(exc)
+            except Exception as exc:  # noqa: BLE001 - a bug in one mailbox must not stop it for good
+                log.exception("mailbox %s: unexpected error", self.config.name)
+                self._failed(exc)
+            await self.session.close()
+            self.status.connected = self.status.idle = False
+            if self._stopping:
+                break
+            wait = min(delay, self.settings.reconnect_max.total_seconds()) * random.uniform(0.8, 1.2)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            delay = min(delay * 2, self.settings.reconnect_max.total_seconds())
+
+    def _failed(self, exc: BaseException) -> None:
+        self.status.failures += 1
+        self.status.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        log.warning("mailbox %s: %s; reconnecting", self.config.name, self.status.last_error)
+
+    async def connect(self) -> None:
+        await self.session.connect()
+        client = self.session.client
+        assert client is not None
+        if self.config.after_ingest == "move" and not await self.session.call(client.folder_exists, self.config.move_to):
+            await self.session.call(client.create_folder, self.config.move_to)
+        self.status.connected = True
+        self.status.last_error = None
+
+    async def _wait_for_mail(self) -> None:
+        """Until new mail may be there: IDLE when the server has it, else the poll interval (or a wake-up)."""
+        timeout = self.config.poll_interval.total_seconds()
+        if self.config.idle and self.session.has(b"IDLE"):
+            self.status.idle = True
+            await self.session.call(self._idle, min(timeout, 25 * 60))
+            self.status.idle = False
+            self._wake.clear()
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+        except asyncio.TimeoutError:
+            pass
+        self._wake.clear()
+
+    def _idle(self, timeout: float) -> None:
+        client = self.session.client
+        assert client is not None
+        client.idle()
+        try:
+            deadline = time.monotonic() + timeout
+            while not self._stopping and not self._wake.is_set() and time.monotonic() < deadline:
+                if any(b"EXISTS" in response or b"RECENT" in response for response in client.idle_check(timeout=0.5)):
+                    break
+        finally:
+            client.idle_done()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    # -- one sync ---------------------------------------------------------------------------------------------
+    async def sync(self) -> dict[str, int]:
+        """Store every message that arrived since the last sync; returns what happened to them, by outcome."""
+        async with self._lock:
+            return await self._sync()
+
+    async def _sync(self) -> dict[str, int]:
+        client = self.session.client
+        assert client is not None
+        selected = await self.session.call(client.select_folder, self.config.imap.folder)
+        uidvalidity = int(selected[b"UIDVALIDITY"])
+        state = await self.sb.store.read(lambda tx: tx.channel_state(CHANNEL, self.state_key)) or {}
+        last_uid = int(state.get("last_uid", 0))
+        if state.get("uidvalidity") not in (None, uidvalidity):
+            # The server renumbered the folder: every message is looked at again; Message-IDs already stored are
+            # recognised at the header stage, so nothing is ingested twice.
+            log.warning("mailbox %s: UIDVALIDITY changed from %s to %s; resyncing", self.config.name,
+                        state.get("uidvalidity"), uidvalidity)
+            self.status.counts["resyncs"] += 1
+            last_uid = 0
+        self.status.uidvalidity, self.status.last_uid = uidvalidity, last_uid
+        uids = sorted(u for u in await self.session.call(client.search, ["UID", f"{last_uid + 1}:*"]) if u > last_uid)
+        totals: dict[str, int] = defaultdict(int)
+        for start in range(0, len(uids), self.config.batch):
+            chunk = uids[start:start + self.config.batch]
+            for outcome, n in (await self._take(chunk, uidvalidity)).items():
+                totals[outcome] += n
+            await self.sb.store.write(lambda tx, last=chunk[-1]: tx.put_channel_state(
+                CHANNEL, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last}, self.sb.clock.now()))
+            self.status.last_uid = chunk[-1]
+        if state.get("uidvalidity") != uidvalidity and not uids:
+            await self.sb.store.write(lambda tx: tx.put_channel_state(
+                CHANNEL, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last_uid}, self.sb.clock.now()))
+        self.status.last_sync_at = time.time()
+        for outcome, n in totals.items():
+            self.status.counts[outcome] += n
+        return dict(totals)
+
+    async def _take(self, uids: list[int], uidvalidity: int) -> dict[str, int]:
+        client = self.session.client
+        assert client is not None
+        heads = await self.session.call(client.fetch, uids, ["RFC822.SIZE", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+        ids: dict[int, str | None] = {}
+        sizes: dict[int, int] = {}
+        for uid in uids:
+            data = heads.get(uid)
+            if data is None:  # expunged between SEARCH and FETCH
+                continue
+            sizes[uid] = int(data.get(b"RFC822.SIZE", 0))
+            header = data.get(HEADER_ITEM) or b""
+            found = message_ids(header.decode("ascii", "replace").partition(":")[2])
+            ids[uid] = found[0] if found else None
+        known = await self.sb.store.read(
+            lambda tx: tx.known_external_ids(CHANNEL, [i for i in ids.values() if i is not None]))
+        counts: dict[str, int] = defaultdict(int)
+        done: list[int] = []  # stored or quarantined: the server may now mark or move them
+        duplicates: list[tuple[int, str, tuple[int, str]]] = []
+        wanted: list[int] = []
+        limit = self.settings.limits.max_message_bytes
+        for uid, message_id in ids.items():
+            if message_id is not None and message_id in known:
+                duplicates.append((uid, message_id, known[message_id]))
+                done.append(uid)
+            elif sizes[uid] > limit:
+                await self._too_large(uid, uidvalidity, sizes[uid], heads[uid])
+                counts["too_large"] += 1
+            else:
+                wanted.append(uid)
+        if duplicates:
+            counts["duplicate"] += len(duplicates)
+            await self._record_duplicates(duplicates, uidvalidity)
+        for batch in self._body_batches(wanted, sizes):
+            bodies = await self.session.call(client.fetch, batch, ["BODY.PEEK[]"])
+            results = await self._ingest_all(
+                [(uid, bytes(bodies[uid][b"BODY[]"])) for uid in batch if uid in bodies], uidvalidity)
+            for uid, outcome in results:
+                counts[outcome] += 1
+                done.append(uid)
+        await self._after_ingest(sorted(done))
+        return counts
+
+    def _body_batches(self, uids: list[int], sizes: dict[int, int]):
+        batch: list[int] = []
+        total = 0
+        for uid in uids:
+            if batch and total + sizes[uid] > BODY_BATCH_BYTES:
+                yield batch
+                batch, total = [], 0
+            batch.append(uid)
+            total += sizes[uid]
+        if batch:
+            yield batch
+
+    def _source(self, uid: int, uidvalidity: int) -> dict[str, Any]:
+        return {"folder": self.config.imap.folder, "uid": uid, "uidvalidity": uidvalidity}
+
+    async def _ingest_all(self, mails: list[tuple[int, bytes]], uidvalidity: int) -> list[tuple[int, str]]:
+        """Parse and ingest a batch. Mails from one sender go in order (a reply after the mail it answers);
+        different senders go concurrently, so their writes share commits."""
+        by_sender: dict[str, list[tuple[int, bytes, Any]]] = defaultdict(list)
+        results: list[tuple[int, str]] = []
+        languages = self.sb.config.instance.languages
+        limits = self.settings.limits
+        for uid, raw in mails:
+            try:
+                parsed = parse_mail(raw, languages=languages, max_attachment_bytes=limits.max_attachment_bytes,
+                                    oversized_attachments=limits.oversized_attachments)
+                message, answers = to_inbound(parsed, raw, self.config, self.tokens, self._source(uid, uidvalidity))
+                message = self.sb.dispatcher.normalise(message)
+            except (Unparseable, InvalidInbound, ValueError) as exc:
+                await self._quarantine(uid, uidvalidity, raw, f"{type(exc).__name__}: {exc}")
+                results.append((uid, "quarantined"))
+                continue
+            except Exception as exc:  # noqa: BLE001 - a parser crash on one mail is that mail's problem only
+                log.exception("mailbox %s: parsing UID %s crashed", self.config.name, uid)
+                await self._quarantine(uid, uidvalidity, raw, f"parser crashed: {type(exc).__name__}: {exc}")
+                results.append((uid, "quarantined"))
+                continue
+            by_sender[message.sender.value].append((uid, raw, (message, answers)))
+
+        async def one_sender(items: list[tuple[int, bytes, Any]]) -> None:
+            for uid, raw, (message, answers) in items:
+                results.append((uid, await self._ingest_one(uid, uidvalidity, raw, message, answers)))
+
+        await asyncio.gather(*(one_sender(items) for items in by_sender.values()))
+        return results
+
+    async def _ingest_one(self, uid: int, uidvalidity: int, raw: bytes, message: InboundMessage,
+                          answers: int | None) -> str:
+        try:
+            result = await self.sb.dispatcher.ingest(message)
+        except InvalidInbound as exc:
+            await self._quarantine(uid, uidvalidity, raw, f"InvalidInbound: {exc}")
+            return "quarantined"
+        if result.outcome is IngestOutcome.DUPLICATE:
+            # Recognised only now (no Message-ID: its content hash matched), perhaps from another mailbox.
+            await self._record_duplicates([(uid, message.external_id, (result.case.id, result.case.account))],
+                                          uidvalidity)
+        bounce = message.details.get("bounce")
+        if bounce and answers is not None and result.outcome is not IngestOutcome.DUPLICATE:
+            reason = "bounced: " + " ".join(filter(None, (bounce.get("status"), bounce.get("diagnostic")))) \
+                if bounce.get("status") or bounce.get("diagnostic") else "bounced"
+            await self.sb.outbox.report(answers, delivered=False, error=reason[:500],
+                                        recipient_failing=bool(bounce.get("permanent")))
+        return "bounce" if bounce else result.outcome.value
+
+    async def _quarantine(self, uid: int, uidvalidity: int, raw: bytes, reason: str) -> None:
+        await self.sb.quarantine.hold(
+            channel=CHANNEL, account=self.config.address, source_key=f"{self.config.name}/{uidvalidity}/{uid}",
+            reason=reason[:1000], raw=raw, meta={"mailbox": self.config.name, **self._source(uid, uidvalidity)},
+        )
+
+    async def _too_large(self, uid: int, uidvalidity: int, size: int, head: dict[bytes, Any]) -> None:
+        """Left on the server untouched (so nothing is lost), and shown in the quarantine with its Message-ID."""
+        header = bytes(head.get(HEADER_ITEM) or b"")
+        await self.sb.quarantine.hold(
+            channel=CHANNEL, account=self.config.address, source_key=f"{self.config.name}/{uidvalidity}/{uid}",
+            reason=f"message of {size} bytes is over limits.max_message_bytes ({self.settings.limits.max_message_bytes});"
+                   f" left on the server in {self.config.imap.folder}, UID {uid}",
+            raw=header, meta={"mailbox": self.config.name, "too_large": size, **self._source(uid, uidvalidity)},
+        )
+
+    async def _record_duplicates(self, duplicates: list[tuple[int, str, tuple[int, str]]], uidvalidity: int) -> None:
+        """The same mail delivered to another mailbox too (the customer wrote to two addresses): one case, and
+        the second delivery noted on it. A refetch of this mailbox's own mail is only counted."""
+        others = [(uid, mid, case_id, account) for uid, mid, (case_id, account) in duplicates
+                  if account.lower() != self.config.address.lower()]
+        if not others:
+            return
+        now = self.sb.clock.now()
+
+        async def unit(tx):
+            return await tx.append_events(
+                [(case_id, "message.duplicate_delivery",
+                  {"external_id": mid, "mailbox": self.config.name, "account": self.config.address,
+                   "stored_from": account, "uid": uid, "uidvalidity": uidvalidity})
+                 for uid, mid, case_id, account in others], CHANNEL, now)
+
+        await self.sb.after_write(await self.sb.store.write(unit))
+
+    async def _after_ingest(self, uids: list[int]) -> None:
+        if not uids or self.config.after_ingest == "leave":
+            return
+        client = self.session.client
+        assert client is not None
+        if self.config.after_ingest == "seen":
+            await self.session.call(client.add_flags, uids, [SEEN], silent=True)
+        elif self.session.has(b"MOVE"):
+            await self.session.call(client.move, uids, self.config.move_to)
+        else:
+            await self.session.call(client.copy, uids, self.config.move_to)
+            await self.session.call(client.delete_messages, uids, silent=True)
+            if self.session.has(b"UIDPLUS"):
+                await self.session.call(client.uid_expunge, uids)
+            else:
+                await self.session.call(client.expunge)
