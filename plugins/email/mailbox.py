@@ -100,6 +100,26 @@ def to_inbound(parsed: ParsedMail, raw: bytes, mailbox: MailboxConfig, tokens: T
     return message, outbound_id
 
 
+def _announces_mail(responses) -> bool:
+    return any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses)
+
+
+def _select(client, folder: str) -> dict:
+    """SELECT the folder; the counts it announces are answered by this sync, so they are not "new mail"."""
+    selected = client.select_folder(folder)
+    _pending_exists(client)
+    return selected
+
+
+def _pending_exists(client) -> bool:
+    """Whether the server announced new mail (an untagged EXISTS) in answer to an earlier command; imaplib keeps
+    such announcements aside, where IDLE would never see them."""
+    pending = client._imap.untagged_responses
+    exists = pending.pop("EXISTS", None)
+    recent = pending.pop("RECENT", None)
+    return bool(exists or recent)
+
+
 class Mailbox:
     """Keeps one IMAP folder flowing into cases; `run` until cancelled, reconnecting with backoff."""
 
@@ -177,16 +197,30 @@ class Mailbox:
         self._wake.clear()
 
     def _idle(self, timeout: float) -> None:
+        """IDLE until the server announces new mail, a wake-up, or `timeout`.
+
+        IDLE is entered in growing windows (1 s, 2 s, ... up to a minute), each closed with DONE: an announcement
+        that arrives together with IDLE's "+ idling" sits in imaplib's buffer where `idle_check` cannot see it,
+        but DONE's answer carries it, so such mail waits one window at most, not until the next poll.
+        """
         client = self.session.client
         assert client is not None
-        client.idle()
-        try:
-            deadline = time.monotonic() + timeout
-            while not self._stopping and not self._wake.is_set() and time.monotonic() < deadline:
-                if any(b"EXISTS" in response or b"RECENT" in response for response in client.idle_check(timeout=0.5)):
-                    break
-        finally:
-            client.idle_done()
+        if _pending_exists(client):  # mail came in while the last sync ran: no IDLE, sync again
+            return
+        deadline = time.monotonic() + timeout
+        window = 1.0
+        while not self._stopping and not self._wake.is_set() and time.monotonic() < deadline:
+            client.idle()
+            seen = False
+            try:
+                until = min(time.monotonic() + window, deadline)
+                while not seen and not self._stopping and not self._wake.is_set() and time.monotonic() < until:
+                    seen = _announces_mail(client.idle_check(timeout=0.5))
+            finally:
+                _, responses = client.idle_done()
+            if seen or _announces_mail(responses) or _pending_exists(client):
+                return
+            window = min(window * 2, 60.0)
 
     def wake(self) -> None:
         self._wake.set()
@@ -204,7 +238,7 @@ class Mailbox:
     async def _sync(self) -> dict[str, int]:
         client = self.session.client
         assert client is not None
-        selected = await self.session.call(client.select_folder, self.config.imap.folder)
+        selected = await self.session.call(_select, client, self.config.imap.folder)
         uidvalidity = int(selected[b"UIDVALIDITY"])
         state = await self.sb.store.read(lambda tx: tx.channel_state(CHANNEL, self.state_key)) or {}
         last_uid = int(state.get("last_uid", 0))
