@@ -56,7 +56,7 @@ async def test_hook_switchboard_register_channels(harness_factory):
             registry.add(Channel(name="chat", title="Web chat", identity_kind="app"))
 
     h = await harness_factory(plugins=(Chat(),))
-    assert h.sb.channels.names() == ["api", "chat"]
+    assert h.sb.channels.names() == ["api", "chat", "email"]
     result = await h.ingest(channel="chat", account="widget", external_id="c1",
                             sender={"kind": "app", "value": "u1"}, text="hi")
     assert result.case.channel == "chat"
@@ -81,7 +81,7 @@ async def test_hook_switchboard_web_routes(http_factory):
 
     h = await http_factory(plugins=(Status(),))
     response = await h.client.get("/channels/status/ping")
-    assert await response.json() == {"channels": ["api"]}
+    assert await response.json() == {"channels": ["api", "email"]}
     assert (await h.client.get("/channels/status/widget/hooks.md")).status == 200
 
     class Clash:
@@ -328,3 +328,30 @@ async def test_hook_switchboard_case_event(http_factory):
     assert response.status == 202  # a failing observer does not fail the ingest
     assert seen == [("customer.created", True), ("customer.identity_linked", True), ("case.created", True),
                     ("case.routed", True), ("message.received", True), ("outbound.queued", True)]
+
+
+async def test_hook_switchboard_reparse(harness_factory):
+    """A channel's reparse turns a held message into a case; one that still fails keeps it held, with why."""
+    from router.core.model import InboundMessage
+
+    class Lines:
+        @hookimpl
+        def switchboard_reparse(self, item, switchboard):
+            if item["channel"] != "api":
+                return None
+            text = item["raw"].decode()
+            if not text.startswith("ok:"):
+                raise ValueError(f"still unreadable: {text[:10]!r}")
+            return InboundMessage(channel="api", account="backend", external_id=f"backend/q{item['id']}",
+                                  sender=EMAIL, text=text[3:])
+
+    h = await harness_factory(plugins=(Lines(),))
+    good = await h.sb.quarantine.hold(channel="api", account="backend", source_key="k1", reason="bad", raw=b"ok:hello")
+    bad = await h.sb.quarantine.hold(channel="api", account="backend", source_key="k2", reason="bad", raw=b"garbage")
+    assert await h.sb.quarantine.hold(channel="api", account="backend", source_key="k1", reason="x", raw=b"") == good
+    done = await h.sb.quarantine.reprocess(good)
+    assert done["status"] == "reprocessed" and done["case_ref"].startswith("TK-")
+    case = await h.read(lambda tx: tx.case_by_ref(done["case_ref"]))
+    assert [m.text for m in await h.read(lambda tx: tx.messages_for_case(case.id)) if m.direction.value == "in"] == ["hello"]
+    held = await h.sb.quarantine.reprocess(bad)
+    assert held["status"] == "held" and "still unreadable" in held["reason"] and held["attempts"] == 2

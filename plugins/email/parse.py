@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
 from mailparser_reply import EmailReplyParser
+from mailparser_reply.parser import EmailMessage
 from mailparser_reply.constants import MAIL_LANGUAGES, QUOTED_MATCH_INCLUDE
 
 from router.core.model import Attachment
@@ -272,12 +273,28 @@ def _walk(part: Message, section: str, walk: _Walk, notes: list[str], in_alterna
     walk.attachments.append((section or "1", part))
 
 
+_SPLITTERS: dict[tuple[str, ...], EmailMessage] = {}
+
+
+def _reply_splitter(languages: tuple[str, ...], text: str) -> EmailMessage:
+    """The reply parser's message object for `text`, with its regexes compiled once per language set (it would
+    compile them for every mail, and Python's regex cache is too small to hold them all)."""
+    template = _SPLITTERS.get(languages)
+    if template is None:
+        template = _SPLITTERS[languages] = EmailReplyParser(languages=list(languages)).read("")
+    message = EmailMessage(text=text, languages=list(template.languages))
+    message._header_regex = template.HEADER_REGEX
+    message._signature_regex = template.SIGNATURE_REGEX
+    message._disclaimers_regex = template.DISCLAIMERS_REGEX
+    return message
+
+
 def split_reply(text: str, languages: list[str]) -> str:
     """The new text of a reply: the quoted earlier mail, its "On ... wrote:" line and the signature removed."""
     if not text.strip():
         return ""
     try:
-        message = EmailReplyParser(languages=languages).read(text)
+        message = _reply_splitter(tuple(languages), text).read()
     except Exception:  # noqa: BLE001 - the splitter is a convenience: the full text is always kept
         return text.strip()
     if not message.replies:
