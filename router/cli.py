@@ -66,6 +66,18 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--data", "-d", default=DEFAULT_DATA, metavar="DIR", help="where the embedded database lives")
     explain.add_argument("--json", action="store_true", help="print the explanation as JSON")
 
+    quarantine = with_config(commands.add_parser(
+        "quarantine", help="list, show or reprocess messages a channel could not take",
+        description="Talks to the running server's HTTP API (GET /api/v1/quarantine, POST .../reprocess), so a "
+        "reprocessed message is routed and assigned like any other. The token needs the read scope to list and "
+        "show, supervise to reprocess.",
+    ))
+    quarantine.add_argument("action", choices=["list", "show", "reprocess"])
+    quarantine.add_argument("id", nargs="?", type=int, help="the quarantine entry (show, reprocess)")
+    quarantine.add_argument("--server", help="base URL (default: http://server.host:server.port of the config)")
+    quarantine.add_argument("--token", default=os.environ.get("SWITCHBOARD_TOKEN"),
+                            help="an integration token (default: $SWITCHBOARD_TOKEN)")
+    quarantine.add_argument("--all", action="store_true", help="list reprocessed entries too")
     with_config(commands.add_parser(
         "plugins", help="list loaded plugins, their versions and hooks",
         description="List every plugin Switchboard would load with this configuration: built-ins first, then "
@@ -181,6 +193,54 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    if args.action != "list" and args.id is None:
+        print(f"switchboard quarantine {args.action} needs the entry's id", file=sys.stderr)
+        return 2
+    if not args.token:
+        print("give an integration token with --token or $SWITCHBOARD_TOKEN", file=sys.stderr)
+        return 2
+    server = args.server
+    if not server:
+        config = load_config(args.config)
+        server = f"http://{config.server.host}:{config.server.port}"
+    path = {"list": "/api/v1/quarantine" + ("?status=all" if args.all else ""),
+            "show": f"/api/v1/quarantine/{args.id}", "reprocess": f"/api/v1/quarantine/{args.id}/reprocess"}
+    request = urllib.request.Request(server.rstrip("/") + path[args.action],
+                                     method="POST" if args.action == "reprocess" else "GET",
+                                     headers={"Authorization": f"Bearer {args.token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.loads(response.read())
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        body, status = json.loads(exc.read() or b"{}"), exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"cannot reach Switchboard at {server}: {exc}; is it running (switchboard run)?", file=sys.stderr)
+        return 1
+    if args.action == "list":
+        items = body.get("quarantine", [])
+        for item in items:
+            print(f"{item['id']:>6}  {item['status']:<11} {item['channel']:<8} {item['account']:<30} {item['reason']}")
+        print(f"{len(items)} entr{'y' if len(items) == 1 else 'ies'}")
+        return 0 if status == 200 else 1
+    if status >= 400 and "reason" not in body:
+        print(f"{status}: {body.get('message') or body}", file=sys.stderr)
+        return 1
+    if args.action == "show":
+        print(json.dumps(body, indent=2, ensure_ascii=False))
+        return 0
+    if body.get("status") == "reprocessed":
+        print(f"entry {args.id} reprocessed into case {body.get('case_ref')}")
+        return 0
+    print(f"entry {args.id} is still held: {body.get('reason')}", file=sys.stderr)
+    return 1
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from router.plugins import build_plugin_manager, describe_plugins
 
@@ -237,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = {"run": cmd_run, "check": cmd_check, "plugins": cmd_plugins, "route": cmd_route,
-               "explain": cmd_explain}[args.command]
+               "explain": cmd_explain, "quarantine": cmd_quarantine}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
