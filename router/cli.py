@@ -229,7 +229,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         print(f"{len(items)} entr{'y' if len(items) == 1 else 'ies'}")
         return 0 if status == 200 else 1
     if status >= 400 and "reason" not in body:
-        print(f"{status}: {body.get('message') or body}", file=sys.stderr)
+        print(f"{status}: {body.get('detail') or body}", file=sys.stderr)
         return 1
     if args.action == "show":
         print(json.dumps(body, indent=2, ensure_ascii=False))

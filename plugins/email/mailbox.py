@@ -11,7 +11,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from plugins.email.config import EmailConfig, MailboxConfig
-from plugins.email.parse import ParsedMail, Unparseable, message_ids, parse_mail
+from plugins.email.parse import ParsedMail, message_ids, parse_many
 from plugins.email.tokens import Tokens
 from plugins.email.transport import IMAP_ERRORS, ImapSession
 from router.core.dispatcher import InvalidInbound
@@ -300,15 +300,30 @@ class Mailbox:
         if duplicates:
             counts["duplicate"] += len(duplicates)
             await self._record_duplicates(duplicates, uidvalidity)
-        for batch in self._body_batches(wanted, sizes):
-            bodies = await self.session.call(client.fetch, batch, ["BODY.PEEK[]"])
-            results = await self._ingest_all(
-                [(uid, bytes(bodies[uid][b"BODY[]"])) for uid in batch if uid in bodies], uidvalidity)
-            for uid, outcome in results:
-                counts[outcome] += 1
-                done.append(uid)
+        # A pipeline: while one batch is written, the next one is fetched (in the session's thread).
+        writing: asyncio.Task | None = None
+        try:
+            for batch in self._body_batches(wanted, sizes):
+                bodies = await self.session.call(client.fetch, batch, ["BODY.PEEK[]"])
+                mails = [(uid, bytes(bodies[uid][b"BODY[]"])) for uid in batch if uid in bodies]
+                parsed = self._parse([raw for _, raw in mails])
+                if writing is not None:
+                    self._count(await writing, counts, done)
+                writing = asyncio.create_task(self._ingest_all(mails, parsed, uidvalidity))
+            if writing is not None:
+                self._count(await writing, counts, done)
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                await asyncio.gather(writing, return_exceptions=True)
         await self._after_ingest(sorted(done))
         return counts
+
+    @staticmethod
+    def _count(results: list[tuple[int, str]], counts: dict[str, int], done: list[int]) -> None:
+        for uid, outcome in results:
+            counts[outcome] += 1
+            done.append(uid)
 
     def _body_batches(self, uids: list[int], sizes: dict[int, int]):
         batch: list[int] = []
@@ -325,26 +340,27 @@ class Mailbox:
     def _source(self, uid: int, uidvalidity: int) -> dict[str, Any]:
         return {"folder": self.config.imap.folder, "uid": uid, "uidvalidity": uidvalidity}
 
-    async def _ingest_all(self, mails: list[tuple[int, bytes]], uidvalidity: int) -> list[tuple[int, str]]:
-        """Parse and ingest a batch. Mails from one sender go in order (a reply after the mail it answers);
+    def _parse(self, raws: list[bytes]) -> list[ParsedMail | str]:
+        limits = self.settings.limits
+        return parse_many(raws, self.sb.config.instance.languages, limits.max_attachment_bytes,
+                          limits.oversized_attachments)
+
+    async def _ingest_all(self, mails: list[tuple[int, bytes]], parsed_mails: list[ParsedMail | str],
+                          uidvalidity: int) -> list[tuple[int, str]]:
+        """Ingest a parsed batch. Mails from one sender go in order (a reply after the mail it answers);
         different senders go concurrently, so their writes share commits."""
         by_sender: dict[str, list[tuple[int, bytes, Any]]] = defaultdict(list)
         results: list[tuple[int, str]] = []
-        languages = self.sb.config.instance.languages
-        limits = self.settings.limits
-        for uid, raw in mails:
-            try:
-                parsed = parse_mail(raw, languages=languages, max_attachment_bytes=limits.max_attachment_bytes,
-                                    oversized_attachments=limits.oversized_attachments)
-                message, answers = to_inbound(parsed, raw, self.config, self.tokens, self._source(uid, uidvalidity))
-                message = self.sb.dispatcher.normalise(message)
-            except (Unparseable, InvalidInbound, ValueError) as exc:
-                await self._quarantine(uid, uidvalidity, raw, f"{type(exc).__name__}: {exc}")
+        for (uid, raw), parsed in zip(mails, parsed_mails):
+            if isinstance(parsed, str):
+                await self._quarantine(uid, uidvalidity, raw, parsed)
                 results.append((uid, "quarantined"))
                 continue
-            except Exception as exc:  # noqa: BLE001 - a parser crash on one mail is that mail's problem only
-                log.exception("mailbox %s: parsing UID %s crashed", self.config.name, uid)
-                await self._quarantine(uid, uidvalidity, raw, f"parser crashed: {type(exc).__name__}: {exc}")
+            try:
+                message, answers = to_inbound(parsed, raw, self.config, self.tokens, self._source(uid, uidvalidity))
+                message = self.sb.dispatcher.normalise(message)
+            except (InvalidInbound, ValueError) as exc:
+                await self._quarantine(uid, uidvalidity, raw, f"{type(exc).__name__}: {exc}")
                 results.append((uid, "quarantined"))
                 continue
             by_sender[message.sender.value].append((uid, raw, (message, answers)))

@@ -465,3 +465,18 @@ def _attachment(part: Message, section: str, notes: list[str], limit: int, overs
         return Attachment(filename=name, content_type=ctype[:255], size=len(content), url=f"mime-part:{section}",
                           inline=inline)
     return Attachment(filename=name, content_type=ctype[:255], size=len(content), content=content, inline=inline)
+
+
+def parse_many(raws: list[bytes], languages: list[str], max_attachment_bytes: int,
+               oversized_attachments: str) -> list[ParsedMail | str]:
+    """Parse several mails (in a worker process): each a ParsedMail, or the reason it cannot be one."""
+    out: list[ParsedMail | str] = []
+    for raw in raws:
+        try:
+            out.append(parse_mail(raw, languages=languages, max_attachment_bytes=max_attachment_bytes,
+                                  oversized_attachments=oversized_attachments))
+        except Unparseable as exc:
+            out.append(f"Unparseable: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a parser crash on one mail is that mail's problem only
+            out.append(f"parser crashed: {type(exc).__name__}: {exc}")
+    return out

@@ -7,8 +7,6 @@ from itertools import count
 
 import pytest
 
-from router import hookimpl
-from router.channels import Channel
 from router.core.assigner import ASSIGNER, AssignmentError
 from router.core.clock import ManualClock
 from router.core.model import CaseStatus
@@ -121,19 +119,12 @@ class Floor:
         return (await self.h.read(lambda tx: tx.case_by_ref(ref))).status
 
 
-class EmailChannel:
-    """A second inbound channel (the real email plugin comes later), so capacity per channel can be seen."""
-
-    @hookimpl
-    def switchboard_register_channels(self, registry):
-        registry.add(Channel(name="email", title="Email", identity_kind="email", outbound=False))
-
-
 @pytest.fixture
 def floor_factory(harness_factory):
     async def make(agents, start=MONDAY, **over):
-        return Floor(await harness_factory(config(agents, **over), clock=ManualClock(start),
-                                           plugins=(EmailChannel(),)))
+        # The built-in email channel (no mailboxes configured: it receives, cannot send) is the second channel
+        # that shows capacity per channel.
+        return Floor(await harness_factory(config(agents, **over), clock=ManualClock(start)))
     return make
 
 
@@ -417,7 +408,7 @@ async def test_a_restart_rebuilds_offers_loads_and_clocks_from_the_store(floor_f
     assert floor.holder(pending) == "bruno"
     await floor.sb.stop()
 
-    again = Floor(await harness_factory(floor.sb.config, clock=floor.clock, plugins=(EmailChannel(),)))
+    again = Floor(await harness_factory(floor.sb.config, clock=floor.clock))
     assert again.assigner.workforce.get("anna").load == {"api": 1}
     assert again.holder(pending) == "bruno" and again.assigner.workforce.get("bruno").presence == "online"
     await again.advance(seconds=61)  # the offer made before the restart still times out
@@ -508,7 +499,7 @@ async def test_restart_takes_in_a_case_reopened_while_down_and_honours_agent_rem
     await floor.h.ingest(external_id="back-2", text="It has not arrived", language="en", sender=sender)
     await floor.sb.stop()
     agents = [agent("anna")]  # bruno stays deleted (API); carla is no longer configured at all
-    again = Floor(await harness_factory(config(agents), clock=floor.clock, plugins=(EmailChannel(),)))
+    again = Floor(await harness_factory(config(agents), clock=floor.clock))
     work = again.assigner.work_for(ref)
     assert work.agent_id is None and work.queued_at > MONDAY and again.holder(ref) is None  # anna is offline now
     assert work.sla.due("next_response") is not None and work.sla.due("resolution") is not None
