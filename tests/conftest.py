@@ -270,3 +270,18 @@ async def webhook_receiver() -> AsyncIterator[WebhookReceiver]:
     receiver.url = f"http://127.0.0.1:{port}/hook"
     yield receiver
     await runner.cleanup()
+
+
+# -- a real IMAP server ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def dovecot():
+    """One throwaway Dovecot for the session (tests/mailservers.py); any address logs in, so each test takes
+    fresh addresses of its own."""
+    from tests.mailservers import Dovecot, dovecot_available
+
+    missing = dovecot_available()
+    if missing:
+        pytest.fail(missing)
+    server = Dovecot().start()
+    yield server
+    server.stop()

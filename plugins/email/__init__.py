@@ -152,8 +152,8 @@ def switchboard_reparse(item, switchboard):
     meta = item.get("meta") or {}
     if meta.get("too_large"):
         raise ValueError(f"only the headers were kept: the mail ({meta['too_large']} bytes) is still on the server "
-                         f"in {meta.get('folder')}, UID {meta.get('uid')}; raise limits.max_message_bytes and it is "
-                         "fetched by the next resync, or forward it")
+                         f"in {meta.get('folder')}, UID {meta.get('uid')}; raise limits.max_message_bytes, then move "
+                         "it out of the folder and back (it gets a new UID and is fetched), or forward it")
     mailbox = settings.mailbox_for(item["account"])
     if mailbox is None:
         raise ValueError(f"mailbox {item['account']!r} is no longer configured")

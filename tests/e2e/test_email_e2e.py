@@ -10,20 +10,10 @@ import uuid
 import pytest
 
 from tests.e2e.servers import TOKEN, ServerProcess, run_cli, write_config
-from tests.mailservers import PASSWORD, Dovecot, dovecot_available
+from tests.mailservers import PASSWORD
 from tests.plugins.email.conftest import mail
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def dovecot():
-    missing = dovecot_available()
-    if missing:
-        pytest.fail(missing)
-    server = Dovecot().start()
-    yield server
-    server.stop()
 
 
 def email_deployment(tmp_path, dovecot, address):

@@ -1,5 +1,5 @@
-"""Real mail servers for the email channel's tests: one Dovecot for the session (each test takes its own fresh
-addresses, so their mailboxes never meet) and an SMTP server per test."""
+"""The email channel's tests: an SMTP server per test (Dovecot is the session's, from tests/conftest.py; each
+test takes fresh addresses, so their mailboxes never meet), configurations and mails."""
 from __future__ import annotations
 
 import itertools
@@ -11,20 +11,10 @@ import pytest
 
 from tests.core.test_assignment import agent, sections
 from tests.conftest import make_config, webhook_integration
-from tests.mailservers import Dovecot, dovecot_available, start_smtp
+from tests.mailservers import start_smtp
 
 os.environ.setdefault("SB_TEST_EMAIL_SECRET", "email-token-secret")
 _n = itertools.count(1)
-
-
-@pytest.fixture(scope="session")
-def dovecot():
-    missing = dovecot_available()
-    if missing:
-        pytest.fail(missing)
-    server = Dovecot().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
