@@ -199,3 +199,64 @@ async def test_case_listing_pages_newest_first(store):
     queued = await store.read(lambda tx: tx.list_cases(status="queued"))
     assert len(queued) == 4
     assert await store.read(lambda tx: tx.count_cases_by_status()) == {"new": 1, "queued": 4}
+
+
+async def test_channel_state_raw_payloads_and_known_ids(store):
+    async def unit(tx):
+        _, case_id = await _customer_and_case(tx)
+        await tx.insert_message(case_id=case_id, direction=Direction.INBOUND, channel="email", account="a@x",
+                                external_id="m1@x", conversation=None, sender="email:c@x", text="hi", meta={}, at=T0)
+        payload = await tx.insert_raw_payload("email", b"\x00\xffraw", T0)
+        await tx.put_channel_state("email", "support", {"uidvalidity": 7, "last_uid": 3}, T0)
+        await tx.put_channel_state("email", "support", {"uidvalidity": 7, "last_uid": 9}, T0)
+        return case_id, payload
+
+    case_id, payload = await store.write(unit)
+    assert await store.read(lambda tx: tx.raw_payload(payload)) == b"\x00\xffraw"
+    assert await store.read(lambda tx: tx.channel_state("email", "support")) == {"uidvalidity": 7, "last_uid": 9}
+    assert await store.read(lambda tx: tx.channel_state("email", "other")) is None
+    known = await store.read(lambda tx: tx.known_external_ids("email", ["m1@x", "m2@x", "m1@x"]))
+    assert known == {"m1@x": (case_id, "a@x")}
+
+
+async def test_quarantine_holds_a_source_once(store):
+    first = await store.write(lambda tx: tx.quarantine_message(
+        channel="email", account="a@x", source_key="box/1/5", reason="no sender", raw=b"x", meta={"uid": 5}, at=T0))
+    again = await store.write(lambda tx: tx.quarantine_message(
+        channel="email", account="a@x", source_key="box/1/5", reason="other", raw=b"y", meta={}, at=T0))
+    assert first[1] is True and again == (first[0], False)
+    [item] = await store.read(lambda tx: tx.list_quarantine())
+    assert (item["reason"], item["meta"], item["attempts"]) == ("no sender", {"uid": 5}, 1)
+    await store.write(lambda tx: tx.update_quarantined(first[0], status="reprocessed", reason="no sender",
+                                                       attempts=2, case_id=None, at=T0))
+    assert await store.read(lambda tx: tx.list_quarantine()) == []
+    assert (await store.read(lambda tx: tx.get_quarantined(first[0])))["raw"] == b"x"
+
+
+async def test_failing_identities_and_automatic_mail_counts(store):
+    ada = Identity(kind="email", value="ada@x")
+
+    async def unit(tx):
+        customer_id, case_id = await _customer_and_case(tx)
+        await tx.add_identity(customer_id, ada, verified=True, at=T0)
+        ids = []
+        for kind in ("ack", "ack", "reply"):
+            ids.append(await tx.enqueue_outbound(case_id=case_id, message_id=None, channel="email", account="a@x",
+                                                 recipient=ada, kind=kind, text="t", subject=None, meta={}, at=T0))
+        await tx.finish_outbound(ids[0], status=OutboundStatus.SENT, attempts=1, next_attempt_at=T0,
+                                 last_error=None, provider_id=None, at=T0)
+        await tx.execute("UPDATE outbox SET status = 'sending' WHERE id = $1", ids[1])
+        return ids
+
+    ids = await store.write(unit)
+    count = lambda before, since=T0: store.read(  # noqa: E731
+        lambda tx: tx.count_outbound_since("email", "ada@x", ["ack"], since, before))
+    assert await count(ids[1]) == 1  # the sent one
+    assert await count(ids[1] + 1) == 2  # and the one being sent before it
+    assert await count(ids[1] + 1, T0 + timedelta(seconds=1)) == 0
+    assert await store.write(lambda tx: tx.mark_identity_failing(ada, "550 user unknown", T0)) is True
+    assert await store.read(lambda tx: tx.identity_failing(ada)) == "550 user unknown"
+    await store.write(lambda tx: tx.mark_identity_failing(ada, None, T0))
+    assert await store.read(lambda tx: tx.identity_failing(ada)) is None
+    nobody = Identity(kind="email", value="nobody@x")
+    assert await store.write(lambda tx: tx.mark_identity_failing(nobody, "x", T0)) is False
