@@ -162,12 +162,16 @@ class Hooks:
                 message = changed
         return message
 
-    async def reparse(self, *, item: Any, switchboard: Any) -> Any:
-        for impl in reversed(self._h.switchboard_reparse.get_hookimpls()):
-            result = await await_me_maybe(_call(impl, item=item, switchboard=switchboard))
+    async def _first_awaited_result(self, hook: str, **kwargs: Any) -> Any:
+        # firstresult by hand: an async implementation's "None" is only known after awaiting it.
+        for impl in reversed(getattr(self._h, hook).get_hookimpls()):
+            result = await await_me_maybe(_call(impl, **kwargs))
             if result is not None:
                 return result
         return None
+
+    async def reparse(self, *, item: Any, switchboard: Any) -> Any:
+        return await self._first_awaited_result("switchboard_reparse", item=item, switchboard=switchboard)
 
     # routing (synchronous by contract: they run inside the write)
     def classify(self, *, message: Any, case: Any, customer: Any, switchboard: Any) -> dict[str, Any]:
@@ -191,12 +195,7 @@ class Hooks:
 
     # outbound
     async def deliver(self, *, outbound: Any, switchboard: Any) -> Any:
-        # firstresult by hand: an async implementation's "None" is only known after awaiting it.
-        for impl in reversed(self._h.switchboard_deliver.get_hookimpls()):
-            result = await await_me_maybe(_call(impl, outbound=outbound, switchboard=switchboard))
-            if result is not None:
-                return result
-        return None
+        return await self._first_awaited_result("switchboard_deliver", outbound=outbound, switchboard=switchboard)
 
     # events
     async def case_event(self, *, event: Any, switchboard: Any) -> None:

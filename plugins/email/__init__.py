@@ -21,6 +21,7 @@ from router.stash import StashKey
 from router.web.api import require_integration
 
 SETTINGS = StashKey[EmailConfig]()
+TOKENS = StashKey[Tokens]()
 MAILBOXES = StashKey[dict[str, Mailbox]]()
 TASKS = StashKey[list[asyncio.Task]]()
 
@@ -53,7 +54,7 @@ def switchboard_register_channels(registry, config):
 def switchboard_startup(switchboard):
     settings = settings_of(switchboard.config)
     switchboard.stash[SETTINGS] = settings
-    tokens = tokens_of(settings)
+    tokens = switchboard.stash[TOKENS] = tokens_of(settings)
     mailboxes = {m.name: Mailbox(switchboard, settings, m, tokens) for m in settings.mailboxes}
     switchboard.stash[MAILBOXES] = mailboxes
     if switchboard.background:
@@ -115,7 +116,8 @@ async def switchboard_deliver(outbound, switchboard):
     if outbound.message_id:
         attachments = await switchboard.store.read(lambda tx: tx.attachment_contents(outbound.message_id))
     message = compose(outbound, sender=mailbox.address, display_name=mailbox.display_name or switchboard.config.instance.name,
-                      tokens=tokens_of(settings), instance=switchboard.config.instance.name,
+                      tokens=switchboard.stash.setdefault(TOKENS, lambda: tokens_of(settings)),
+                      instance=switchboard.config.instance.name,
                       reply_token=settings.reply_address_token, attachments=attachments, now=switchboard.clock.now())
     return await send_smtp(settings.smtp, message, mailbox.address, outbound.recipient.value)
 
@@ -165,5 +167,6 @@ def switchboard_reparse(item, switchboard):
     except Unparseable as exc:
         raise ValueError(str(exc)) from None
     source = {k: meta[k] for k in ("folder", "uid", "uidvalidity") if k in meta}
-    message, _ = to_inbound(parsed, item["raw"], mailbox, tokens_of(settings), {**source, "reprocessed": item["id"]})
+    tokens = switchboard.stash.setdefault(TOKENS, lambda: tokens_of(settings))
+    message, _ = to_inbound(parsed, item["raw"], mailbox, tokens, {**source, "reprocessed": item["id"]})
     return message

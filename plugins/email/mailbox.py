@@ -93,7 +93,7 @@ def to_inbound(parsed: ParsedMail, raw: bytes, mailbox: MailboxConfig, tokens: T
     )
     message = InboundMessage(
         channel=CHANNEL, account=mailbox.address, external_id=parsed.message_id,
-        sender=Identity(kind="email", value=sender[:512]), display_name=(parsed.display_name or None) and parsed.display_name[:512],
+        sender=Identity(kind="email", value=sender[:512]), display_name=(parsed.display_name or "")[:512] or None,
         subject=parsed.subject, text=text, attachments=attachments, thread=hints, raw=raw,
         auto_generated=parsed.auto_generated is not None, details=details,
     )
@@ -256,16 +256,19 @@ class Mailbox:
             chunk = uids[start:start + self.config.batch]
             for outcome, n in (await self._take(chunk, uidvalidity)).items():
                 totals[outcome] += n
-            await self.sb.store.write(lambda tx, last=chunk[-1]: tx.put_channel_state(
-                CHANNEL, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last}, self.sb.clock.now()))
+            await self._save_state(uidvalidity, chunk[-1])
             self.status.last_uid = chunk[-1]
         if state.get("uidvalidity") != uidvalidity and not uids:
-            await self.sb.store.write(lambda tx: tx.put_channel_state(
-                CHANNEL, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last_uid}, self.sb.clock.now()))
+            await self._save_state(uidvalidity, last_uid)
         self.status.last_sync_at = time.time()
         for outcome, n in totals.items():
             self.status.counts[outcome] += n
         return dict(totals)
+
+    async def _save_state(self, uidvalidity: int, last_uid: int) -> None:
+        state = {"uidvalidity": uidvalidity, "last_uid": last_uid}
+        await self.sb.store.write(
+            lambda tx: tx.put_channel_state(CHANNEL, self.state_key, state, self.sb.clock.now()))
 
     async def _take(self, uids: list[int], uidvalidity: int) -> dict[str, int]:
         client = self.session.client
@@ -359,7 +362,7 @@ class Mailbox:
             try:
                 message, answers = to_inbound(parsed, raw, self.config, self.tokens, self._source(uid, uidvalidity))
                 message = self.sb.dispatcher.normalise(message)
-            except (InvalidInbound, ValueError) as exc:
+            except ValueError as exc:  # InvalidInbound and pydantic's ValidationError among them
                 await self._quarantine(uid, uidvalidity, raw, f"{type(exc).__name__}: {exc}")
                 results.append((uid, "quarantined"))
                 continue
@@ -391,20 +394,20 @@ class Mailbox:
                                         recipient_failing=bool(bounce.get("permanent")))
         return "bounce" if bounce else result.outcome.value
 
-    async def _quarantine(self, uid: int, uidvalidity: int, raw: bytes, reason: str) -> None:
+    async def _quarantine(self, uid: int, uidvalidity: int, raw: bytes, reason: str, **meta: Any) -> None:
         await self.sb.quarantine.hold(
             channel=CHANNEL, account=self.config.address, source_key=f"{self.config.name}/{uidvalidity}/{uid}",
-            reason=reason[:1000], raw=raw, meta={"mailbox": self.config.name, **self._source(uid, uidvalidity)},
+            reason=reason[:1000], raw=raw,
+            meta={"mailbox": self.config.name, **meta, **self._source(uid, uidvalidity)},
         )
 
     async def _too_large(self, uid: int, uidvalidity: int, size: int, head: dict[bytes, Any]) -> None:
         """Left on the server untouched (so nothing is lost), and shown in the quarantine with its Message-ID."""
-        header = bytes(head.get(HEADER_ITEM) or b"")
-        await self.sb.quarantine.hold(
-            channel=CHANNEL, account=self.config.address, source_key=f"{self.config.name}/{uidvalidity}/{uid}",
-            reason=f"message of {size} bytes is over limits.max_message_bytes ({self.settings.limits.max_message_bytes});"
-                   f" left on the server in {self.config.imap.folder}, UID {uid}",
-            raw=header, meta={"mailbox": self.config.name, "too_large": size, **self._source(uid, uidvalidity)},
+        await self._quarantine(
+            uid, uidvalidity, bytes(head.get(HEADER_ITEM) or b""),
+            f"message of {size} bytes is over limits.max_message_bytes ({self.settings.limits.max_message_bytes});"
+            f" left on the server in {self.config.imap.folder}, UID {uid}",
+            too_large=size,
         )
 
     async def _record_duplicates(self, duplicates: list[tuple[int, str, tuple[int, str]]], uidvalidity: int) -> None:

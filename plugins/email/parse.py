@@ -115,6 +115,14 @@ def _decode_words(value: str) -> str:
     return value
 
 
+def _decode_words_or_keep(value: str) -> str:
+    """Encoded words decoded, or the value as written when they cannot be."""
+    try:
+        return _decode_words(value)
+    except (LookupError, UnicodeDecodeError, ValueError, AssertionError):
+        return value
+
+
 def header_text(message: Message, name: str, notes: list[str] | None = None) -> str | None:
     """A header as readable text: RFC 2047 encoded words decoded, raw 8-bit read as UTF-8 (else Latin-1)."""
     values = _raw_values(message, name)
@@ -135,11 +143,7 @@ def _addresses(message: Message, *names: str) -> list[tuple[str, str]]:
     for display, address in getaddresses(values):
         address = address.strip()
         if "@" in address and " " not in address:
-            try:
-                display = _decode_words(display)
-            except (LookupError, UnicodeDecodeError, ValueError, AssertionError):
-                pass
-            out.append((display.strip(), address))
+            out.append((_decode_words_or_keep(display).strip(), address))
     return out
 
 
@@ -216,12 +220,7 @@ def _filename(part: Message) -> str | None:
         name = None
     if name is None:
         return None
-    name = _unescape(name)
-    if "=?" in name:
-        try:
-            name = str(make_header(decode_header(name)))
-        except (LookupError, UnicodeDecodeError, ValueError, AssertionError):
-            pass
+    name = _decode_words_or_keep(_unescape(name))
     return " ".join(name.replace("/", "_").replace("\\", "_").split())[:255] or None
 
 

@@ -221,18 +221,16 @@ class Dispatcher:
     async def _find_thread(self, tx: Tx, message: InboundMessage, customer: Customer) -> tuple[Case | None, str]:
         """The case this message continues, and which hint said so; hints only ever match the same customer."""
         hints = message.thread
-        if hints.case_ref:
-            case = await tx.case_by_ref(hints.case_ref.strip().upper())
-            if case is not None and case.customer_id == customer.id:
-                return case, "case_ref"
+        case = await _own_case(tx, hints.case_ref, customer)
+        if case is not None:
+            return case, "case_ref"
         if hints.in_reply_to:
             case = await tx.case_for_external_ids(message.channel, hints.in_reply_to)
             if case is not None and case.customer_id == customer.id:
                 return case, "in_reply_to"
-        if hints.quoted_ref:
-            case = await tx.case_by_ref(hints.quoted_ref.strip().upper())
-            if case is not None and case.customer_id == customer.id:
-                return case, "quoted_ref"
+        case = await _own_case(tx, hints.quoted_ref, customer)
+        if case is not None:
+            return case, "quoted_ref"
         if hints.conversation:
             case = await tx.case_for_conversation(customer.id, message.channel, hints.conversation)
             if case is not None:
@@ -372,6 +370,14 @@ class Dispatcher:
         work.event(case.id, "outbound.queued",
             {"outbound_id": outbound_id, "kind": "ack", "channel": message.channel, "recipient": str(message.sender)},
         )
+
+
+async def _own_case(tx: Tx, ref: str | None, customer: Customer) -> Case | None:
+    """The case a quoted reference names, if it is this customer's: nobody writes into a stranger's case."""
+    if not ref:
+        return None
+    case = await tx.case_by_ref(ref.strip().upper())
+    return case if case is not None and case.customer_id == customer.id else None
 
 
 def _normalised(identity: Identity, region: str | None) -> Identity:

@@ -63,7 +63,7 @@ class Quarantine:
             if message is None:
                 raise InvalidInbound("channel", f"no plugin can reparse {item['channel']!r} messages")
             result = await self.sb.dispatcher.ingest(message)
-        except (InvalidInbound, ValueError) as exc:
+        except ValueError as exc:  # InvalidInbound among them
             status, reason, case_id = HELD, f"{type(exc).__name__}: {exc}", None
         else:
             status, reason, case_id, case_ref = REPROCESSED, item["reason"], result.case.id, result.case.ref

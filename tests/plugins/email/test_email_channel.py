@@ -29,10 +29,6 @@ async def started(harness_factory, config, *names):
     return h, boxes
 
 
-def content_id(raw: bytes) -> str:
-    return content_hash_id(raw)
-
-
 async def case_of(h, external_id):
     async def unit(tx):
         found = await tx.find_message("email", external_id)
@@ -194,7 +190,7 @@ async def test_same_mail_in_two_mailboxes_is_one_case_and_the_second_delivery_is
     assert await boxes["posters"].sync() == {"created": 2}  # neither refers to anything: two new cases
     assert await boxes["taskers"].sync() == {"duplicate": 2}
     noted = await h.read(lambda tx: tx.fetch("SELECT case_id, data FROM events WHERE type = 'message.duplicate_delivery'"))
-    cases = {(await case_of(h, "cc-1@example.com")).id, (await case_of(h, content_id(no_id))).id}
+    cases = {(await case_of(h, "cc-1@example.com")).id, (await case_of(h, content_hash_id(no_id))).id}
     # Each second delivery is noted on its case: one by Message-ID at the header stage, one by content hash.
     assert {row["case_id"] for row in noted} == cases
     assert {json.loads(row["data"])["account"] if isinstance(row["data"], str) else row["data"]["account"]
