@@ -13,8 +13,10 @@ import pluggy
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from router.config import Config, IntegrationConfig
+from router.core.accounts import Accounts, Principal
 from router.core.clock import Clock, ManualClock
 from router.core.dispatcher import Dispatcher
+from router.core.feed import Feed
 from router.core.model import Event
 from router.core.outbox import Outbox
 from router.core.quarantine import Quarantine
@@ -55,6 +57,8 @@ class Switchboard:
         self.dispatcher = Dispatcher(self)
         self.outbox = Outbox(self)
         self.quarantine = Quarantine(self)
+        self.accounts = Accounts(self)
+        self.feed = Feed(self)
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         # Integration tokens are compared by their SHA-256, so lookups do not leak timing about the token.
         self._integrations = {_digest(i.token.get()): i for i in config.integrations}
@@ -70,6 +74,7 @@ class Switchboard:
         self.background = background
         await self.store.open()
         try:
+            await self.accounts.seed()
             await self.hooks.startup(switchboard=self)
             if background:  # jobs start after every plugin's start-up, so they find what it opened
                 for job in self.hooks.scheduled_jobs(switchboard=self):
@@ -119,6 +124,13 @@ class Switchboard:
                 return integration
         return None
 
+    def integration_principal(self, token: str | None) -> Principal | None:
+        integration = self.integration_for_token(token)
+        if integration is None:
+            return None
+        return Principal(kind="integration", id=integration.name, name=integration.name, role="integration",
+                         scopes=frozenset(integration.scopes))
+
     def integration(self, name: str) -> IntegrationConfig | None:
         return next((i for i in self.config.integrations if i.name == name), None)
 
@@ -126,5 +138,7 @@ class Switchboard:
         """Tell observers what a committed write did, and wake the outbox if it has something new."""
         if wake_outbox:
             self.outbox.wake()
+        events = list(events)
+        self.feed.publish(events)
         for event in events:
             await self.hooks.case_event(event=event, switchboard=self)

@@ -165,6 +165,70 @@ class IntegrationConfig(Model):
     webhook: WebhookConfig | None = None
 
 
+class AccountConfig(Model):
+    """A person who signs in: an agent works cases; a supervisor also watches and moves the cases of their
+    lines and teams (none listed: all); an admin also manages agents and accounts."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.@-]*$", max_length=128)
+    name: str
+    role: Literal["agent", "supervisor", "admin"] = "agent"
+    agent: str | None = Field(default=None, description="the agent (agents.yaml) this person works as")
+    lines: list[str] = Field(default_factory=list, description="a supervisor's lines; empty = every line")
+    teams: list[str] = Field(default_factory=list, description="a supervisor's teams; empty = every team")
+    password: Secret | None = Field(default=None, description="set at start-up (hashed); or use password_hash")
+    password_hash: str | None = Field(default=None, pattern=r"^\$argon2", description="an argon2 hash")
+
+
+class ConsoleConfig(Model):
+    session_ttl: Duration = timedelta(hours=12)
+    stream_heartbeat: Duration = timedelta(seconds=15)
+    stream_backlog: int = Field(default=5000, ge=100, description="events replayed at most after a reconnect")
+
+
+CSAT_TEMPLATES = {
+    "en": "Your request {ref} is resolved. How did we do? Reply with a number from 1 (poor) to 5 (excellent).",
+    "it": "La tua richiesta {ref} è stata risolta. Come siamo andati? Rispondi con un numero da 1 (male) a 5 "
+          "(ottimo).",
+    "ru": "Ваше обращение {ref} решено. Как мы справились? Ответьте цифрой от 1 (плохо) до 5 (отлично).",
+    "uz": "{ref} raqamli murojaatingiz hal qilindi. Qanday ishladik? 1 (yomon) dan 5 (a'lo) gacha raqam bilan "
+          "javob bering.",
+}
+
+
+class CsatLineConfig(Model):
+    enabled: bool | None = None
+    templates: dict[str, str] = Field(default_factory=dict)
+
+
+class CsatConfig(Model):
+    """After a resolution, a one-question survey on the customer's channel; a low score opens a quality case."""
+
+    enabled: bool = True
+    templates: dict[str, str] = Field(default_factory=lambda: dict(CSAT_TEMPLATES))
+    lines: dict[str, CsatLineConfig] = Field(default_factory=dict, description="per-line switch and texts")
+    answer_window: Duration = timedelta(days=7)
+    low_score: int = Field(default=3, ge=2, le=5, description="scores below this open a follow-up")
+    followup_team: str | None = Field(default="quality", description="none: low scores open nothing")
+    followup_priority: int = Field(default=2, ge=1, le=5)
+
+    @field_validator("templates")
+    @classmethod
+    def _merge(cls, templates: dict[str, str]) -> dict[str, str]:
+        for language, text in templates.items():
+            if "{ref}" not in text and "{" in text:
+                raise ValueError(f"{language}: the only placeholder is {{ref}}")
+        return {**CSAT_TEMPLATES, **templates}
+
+    def text_for(self, line: str | None, language: str | None, default_language: str) -> str | None:
+        """The survey text for a case, or None when surveys are off for its line."""
+        per_line = self.lines.get(line or "")
+        enabled = per_line.enabled if per_line is not None and per_line.enabled is not None else self.enabled
+        if not enabled:
+            return None
+        texts = {**self.templates, **(per_line.templates if per_line else {})}
+        return texts.get(language or "") or texts.get(default_language) or CSAT_TEMPLATES["en"]
+
+
 class Config(Model):
     instance: InstanceConfig = Field(default_factory=InstanceConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -187,6 +251,9 @@ class Config(Model):
     classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     agents: list[AgentConfig] = Field(default_factory=list)
+    accounts: list[AccountConfig] = Field(default_factory=list)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    csat: CsatConfig = Field(default_factory=CsatConfig)
 
     # Where the configuration was read from: the folder, and which file holds each top-level key.
     _directory: Path | None = PrivateAttr(default=None)

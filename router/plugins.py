@@ -22,6 +22,7 @@ BLOCK_ENV = "SWITCHBOARD_BLOCK_PLUGINS"
 BUILTIN_PLUGINS: dict[str, str] = {
     "core.routing": "router.core.routing",
     "core.assignment": "router.core.assignment",
+    "core.csat": "router.core.csat",
     "api": "plugins.api",
     "email": "plugins.email",
 }

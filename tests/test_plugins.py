@@ -17,7 +17,7 @@ def names(pm):
 
 def test_builtins_are_registered_by_name():
     pm = build_plugin_manager(entry_points=False)
-    assert names(pm) == ["api", "core.assignment", "core.routing", "email"]
+    assert names(pm) == ["api", "core.assignment", "core.csat", "core.routing", "email"]
 
 
 def test_plugins_can_be_blocked_by_config_and_environment(monkeypatch):

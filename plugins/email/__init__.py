@@ -18,7 +18,7 @@ from router.config import plugin_settings
 from router.core.model import DeliveryResult
 from router.core.tasks import cancel_and_wait
 from router.stash import StashKey
-from router.web.api import require_integration
+from router.web.auth import require
 
 SETTINGS = StashKey[EmailConfig]()
 TOKENS = StashKey[Tokens]()
@@ -91,7 +91,7 @@ def _wake(switchboard, name: str) -> None:
 @hookimpl
 def switchboard_web_routes(switchboard):
     async def mailboxes(request: web.Request) -> web.Response:
-        require_integration(request, "read")
+        await require(request, "read")
         found = switchboard.stash.get(MAILBOXES) or {}
         return web.json_response({"mailboxes": [m.status.as_dict() for m in found.values()]})
 

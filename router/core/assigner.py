@@ -18,10 +18,20 @@ import asyncio
 import dataclasses
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from router.core.calendar import BusinessCalendar
-from router.core.model import Case, CaseStatus, Direction, Event, Identity, Route, check_transition, tagged_subject
+from router.core.model import (
+    Attachment,
+    Case,
+    CaseStatus,
+    Direction,
+    Event,
+    Identity,
+    Route,
+    check_transition,
+    tagged_subject,
+)
 from router.core.requirements import Widening, agent_skills, next_tier, requirement_for
 from router.core.sla import FIRST_RESPONSE, NEXT_RESPONSE, RESOLUTION, SlaClocks, targets_for
 from router.core.store.base import StoreUnavailable
@@ -676,17 +686,20 @@ class Assigner:
                 return work
         raise AssignmentError(404, "not_found", f"no open, routed case {ref}")
 
-    async def reply(self, work: CaseWork, agent_id: str, text: str, *, waiting_customer: bool = False) -> int:
-        """The agent holding a case answers: the reply goes out on the channel the customer last wrote on,
-        response clocks stop and, with `waiting_customer`, the case waits on the customer (clocks paused).
+    async def reply(self, work: CaseWork, agent_id: str, text: str, *, waiting_customer: bool = False,
+                    attachments: Sequence[Attachment] = (), to: Identity | None = None) -> int:
+        """The agent holding a case answers: the reply goes out on the channel the customer last wrote on (or,
+        with `to`, on the channel the customer last used from that identity of theirs), response clocks stop
+        and, with `waiting_customer`, the case waits on the customer (clocks paused).
         Returns the outbound id, or 0 when the channel cannot be written back to (the reply is still kept)."""
-        if not text.strip():
-            raise AssignmentError(400, "bad_request", "a reply needs text")
+        if not text.strip() and not attachments:
+            raise AssignmentError(400, "bad_request", "a reply needs text or an attachment")
         async with self._lock:
             self._live(work)
             if work.agent_id != agent_id or work.case.status not in HELD_STATUSES:
                 raise AssignmentError(409, "conflict", f"{work.case.ref} is not held by {agent_id!r}; accept it first")
             now = self.sb.clock.now()
+            sla_before = work.sla.as_dict() if work.sla else None
             rows = self._stop_clocks(work, (FIRST_RESPONSE, NEXT_RESPONSE), by=agent_id, now=now)
             if work.sla and waiting_customer:
                 work.sla.pause(now)
@@ -698,22 +711,34 @@ class Assigner:
             case = work.case
 
             async def unit(tx):
-                found = await tx.last_inbound(case.id)
+                if to is not None:
+                    found = await tx.last_inbound_from(case.customer_id, str(to))
+                    if found is None:
+                        raise AssignmentError(400, "bad_request", f"the customer never wrote from {to}, so there is "
+                                                                  "no channel to answer them on there")
+                else:  # the case's last message; a case opened by Switchboard (a follow-up): the customer's
+                    found = await tx.last_inbound(case.id) or await tx.last_inbound_from(case.customer_id)
                 last, conversation = found if found else (None, None)
                 channel, account = (last.channel, last.account) if last else (case.channel, case.account)
                 message_id = await tx.insert_message(
                     case_id=case.id, direction=Direction.OUTBOUND, channel=channel, account=account, external_id=None,
                     conversation=conversation, sender=f"agent:{agent_id}",
                     text=text, meta={"kind": "reply", "agent": agent_id, "language": case.language}, at=now)
+                for item in attachments:
+                    await tx.insert_attachment(message_id, filename=item.filename, content_type=item.content_type,
+                                               size=len(item.content or b""), url=item.url, inline=item.inline,
+                                               content=item.content)
                 outbound_id = 0
                 registered = self.sb.channels.get(channel)
                 if last is not None and last.sender and registered is not None and registered.can_send(account):
                     kind, _, value = last.sender.partition(":")
+                    same_case = last.case_id == case.id
                     outbound_id = await tx.enqueue_outbound(
                         case_id=case.id, message_id=message_id, channel=channel, account=account,
                         recipient=Identity(kind=kind, value=value), kind="reply", text=text,
                         subject=tagged_subject(case.subject, case.ref, reply=True),
-                        meta={"in_reply_to": last.external_id, "references": last.meta.get("references", []),
+                        meta={"in_reply_to": last.external_id if same_case else None,
+                              "references": last.meta.get("references", []) if same_case else [],
                               "case_ref": case.ref, "agent": agent_id, "conversation": conversation,
                               "language": case.language}, at=now)
                 sent = {"message_id": message_id, "agent": agent_id, "channel": channel, "outbound_id": outbound_id}
@@ -721,15 +746,39 @@ class Assigner:
                     sent["note"] = f"channel {channel!r} cannot write back to account {account!r}: kept, not sent"
                 if status is not None:
                     await tx.update_case(case.id, status=status, updated_at=now)
+                await tx.mark_first_response(case.id, agent_id, now)
                 await tx.put_case_work(case.id, work.agent_id, work.queued_at, work.state(), now)
                 events = await tx.append_events([(case.id, "message.sent", sent), *rows], agent_id, now)
                 return outbound_id, events
 
-            outbound_id, events = await self.sb.store.write(unit)
+            try:
+                outbound_id, events = await self.sb.store.write(unit)
+            except BaseException:
+                if work.sla is not None and sla_before is not None:
+                    work.sla = work.sla.copy(sla_before)  # not written: the clocks still run
+                raise
             if status is not None:
                 work.case = dataclasses.replace(work.case, status=status, updated_at=now)
             await self.sb.after_write(events, wake_outbox=bool(outbound_id))
             return outbound_id
+
+    async def wait_on_customer(self, work: CaseWork, agent_id: str) -> None:
+        """Without replying: the ball is in the customer's court (SLA clocks pause until they write)."""
+        async with self._lock:
+            self._live(work)
+            if work.case.status == CaseStatus.WAITING_CUSTOMER:
+                return
+            check_transition(work.case.status, CaseStatus.WAITING_CUSTOMER)
+            if work.agent_id is None or work.case.status != CaseStatus.ASSIGNED:
+                raise AssignmentError(409, "conflict", f"{work.case.ref} is {work.case.status.value}: only a case "
+                                                       "someone holds can wait on the customer")
+            now = self.sb.clock.now()
+            if work.sla:
+                work.sla.pause(now)
+            await self._persist(work, [(work.case.id, "case.status_changed",
+                                        {"from": work.case.status.value, "to": CaseStatus.WAITING_CUSTOMER.value,
+                                         "by": agent_id})],
+                                case_changes={"status": CaseStatus.WAITING_CUSTOMER}, actor=agent_id)
 
     async def finish(self, work: CaseWork, status: CaseStatus, *, by: str, supervisor: bool = False) -> None:
         """Resolve or close: the agent's capacity is freed and the resolution clock stops."""
@@ -744,7 +793,7 @@ class Assigner:
                 for name in list(work.sla.clocks):  # the response clocks end with the case, unrecorded
                     work.sla.stop(name, now)
             data.append((work.case.id, "case.status_changed",
-                         {"from": work.case.status.value, "to": status.value, "by": by}))
+                         {"from": work.case.status.value, "to": status.value, "by": by, "agent": work.agent_id}))
             offer = work.offer
             if offer is not None:
                 data.insert(0, (work.case.id, "offer.rescinded",
@@ -755,7 +804,8 @@ class Assigner:
                 if offer is not None:
                     await tx.finish_offer(offer.id, "rescinded", now, f"case {status.value}")
                 await tx.update_case(work.case.id, status=status, updated_at=now,
-                                     resolved_at=now if status == CaseStatus.RESOLVED else work.case.resolved_at)
+                                     resolved_at=now if status == CaseStatus.RESOLVED else work.case.resolved_at,
+                                     resolved_by=by if status == CaseStatus.RESOLVED else None)
                 await tx.put_case_work(work.case.id, work.agent_id, work.queued_at, finished_state, now)
                 return await tx.append_events(data, by, now)
 
@@ -804,6 +854,150 @@ class Assigner:
             await self._requeue(work, "case.transferred", {"from": before, "to": changes, "reason": reason, "by": by},
                                 actor=by, changes=changes, reset=True)
             await self._drain()
+
+    async def transfer_to_agent(self, work: CaseWork, target: str, *, by: str, reason: str) -> None:
+        """Hand a case straight to one agent (a colleague, a specialist): they hold it at once, whatever its
+        queue. The agent must exist and not be offline; capacity is theirs to manage."""
+        async with self._lock:
+            self._live(work)
+            agent = self.workforce.get(target)
+            if agent is None:
+                raise AssignmentError(404, "not_found", f"no agent {target!r}")
+            if agent.presence == "offline":
+                raise AssignmentError(409, "conflict", f"{target} is offline; transfer {work.case.ref} to their "
+                                                       "team or line instead")
+            if work.agent_id == target and work.offer is None:
+                raise AssignmentError(409, "conflict", f"{work.case.ref} is already held by {target}")
+            now = self.sb.clock.now()
+            offer = work.offer
+            previous = offer.agent_id if offer is not None else work.agent_id
+            status = work.case.status
+            to_status = CaseStatus.ASSIGNED if status != CaseStatus.ASSIGNED else None
+            if to_status is not None:
+                check_transition(status, to_status)
+            sla = work.sla.copy() if work.sla else None
+            if sla is not None and status == CaseStatus.WAITING_CUSTOMER:
+                sla.resume(now)
+            state = dataclasses.replace(work, agent_id=target, offer=None, sla=sla).state()
+            rows = [(work.case.id, "case.transferred",
+                     {"from": {"agent": previous}, "to": {"agent": target}, "reason": reason, "by": by,
+                      "agent": target, "from_agent": previous})]
+            if offer is not None:
+                rows.insert(0, (work.case.id, "offer.rescinded",
+                                {"agent": offer.agent_id, "offer": offer.id, "reason": "case.transferred"}))
+
+            async def unit(tx):
+                if offer is not None:
+                    await tx.finish_offer(offer.id, "rescinded", now, "case.transferred")
+                if to_status is not None:
+                    await tx.update_case(work.case.id, status=to_status, updated_at=now)
+                await tx.put_case_work(work.case.id, target, work.queued_at, state, now)
+                return await tx.append_events(rows, by, now)
+
+            events = await self.sb.store.write(unit)
+            self._release(work)
+            if offer is not None:
+                self.offers.pop(offer.id, None)
+            work.agent_id, work.offer, work.sla, work.explained = target, None, sla, None
+            self._add_load(target, work.case.channel, +1)
+            if to_status is not None:
+                work.case = dataclasses.replace(work.case, status=to_status, updated_at=now)
+            await self.sb.after_write(events)
+            await self._drain()
+
+    async def reopen(self, ref: str, *, by: str, reason: str) -> Case:
+        """A resolved case back to work: queued again on its route, its earlier SLA clocks kept."""
+        async with self._lock:
+            now = self.sb.clock.now()
+
+            async def unit(tx):
+                case = await self._closed_case(tx, ref, CaseStatus.RESOLVED, "reopened")
+                await tx.update_case(case.id, status=CaseStatus.QUEUED, resolved_at=None, resolved_by=None,
+                                     updated_at=now)
+                events = await tx.append_events(
+                    [(case.id, "case.reopened", {"by": by, "reason": reason, "manual": True}),
+                     (case.id, "case.routed", {"route": case.route, "labels": case.route.get("labels", {}),
+                                               "reopened": True})], by, now)
+                return dataclasses.replace(case, status=CaseStatus.QUEUED, resolved_at=None, updated_at=now), events
+
+            case, events = await self.sb.store.write(unit)
+            await self.sb.after_write(events)
+            return case
+
+    async def close_resolved(self, ref: str, *, by: str) -> None:
+        """Close a resolved case for good (a later message then opens a new, linked case)."""
+        now = self.sb.clock.now()
+
+        async def unit(tx):
+            case = await self._closed_case(tx, ref, CaseStatus.RESOLVED, "closed")
+            await tx.update_case(case.id, status=CaseStatus.CLOSED, updated_at=now)
+            return await tx.append_events([(case.id, "case.status_changed",
+                                            {"from": "resolved", "to": "closed", "by": by})], by, now)
+
+        await self.sb.after_write(await self.sb.store.write(unit))
+
+    @staticmethod
+    async def _closed_case(tx, ref: str, expected: CaseStatus, verb: str) -> Case:
+        case = await tx.case_by_ref(ref)
+        if case is None:
+            raise AssignmentError(404, "not_found", f"no case {ref}")
+        if case.merged_into is not None:
+            into = await tx.case_by_id(case.merged_into)
+            raise AssignmentError(409, "conflict", f"{ref} was merged into {into.ref if into else case.merged_into}")
+        if case.status != expected:
+            raise AssignmentError(409, "conflict", f"{ref} is {case.status.value}: only a {expected.value} case "
+                                                   f"can be {verb} this way")
+        return case
+
+    async def merge(self, ref: str, into: str, *, by: str) -> Case:
+        """Merge one case of a customer into another of theirs: its messages move there and it is closed.
+        Both must belong to the same customer; the target must not be closed."""
+        if ref == into:
+            raise AssignmentError(400, "bad_request", "a case cannot be merged into itself")
+        async with self._lock:
+            now = self.sb.clock.now()
+
+            async def unit(tx):
+                source, target = await tx.case_by_ref(ref), await tx.case_by_ref(into)
+                for wanted, case in ((ref, source), (into, target)):
+                    if case is None:
+                        raise AssignmentError(404, "not_found", f"no case {wanted}")
+                for case in (source, target):
+                    if case.merged_into is not None:
+                        raise AssignmentError(409, "conflict", f"{case.ref} was merged already")
+                    if case.status == CaseStatus.CLOSED:
+                        raise AssignmentError(409, "conflict", f"{case.ref} is closed; closed cases are not merged")
+                if source.customer_id != target.customer_id:
+                    raise AssignmentError(409, "conflict", f"{ref} and {into} belong to different customers; "
+                                                           "link them instead")
+                work = self.cases.get(source.id)
+                offer = work.offer if work is not None else None
+                if offer is not None:
+                    await tx.finish_offer(offer.id, "rescinded", now, "case.merged")
+                moved = await tx.move_messages(source.id, target.id)
+                await tx.update_case(source.id, status=CaseStatus.CLOSED, merged_into=target.id, updated_at=now)
+                await tx.update_case(target.id, updated_at=now)
+                if work is not None:
+                    await tx.put_case_work(source.id, work.agent_id, work.queued_at,
+                                           {**work.state(), "finished": "merged"}, now)
+                rows = [(source.id, "case.merged", {"into": target.ref, "messages": moved, "by": by,
+                                                    "agent": work.agent_id if work else None}),
+                        (source.id, "case.status_changed", {"from": source.status.value, "to": "closed", "by": by}),
+                        (target.id, "case.merged", {"from": source.ref, "messages": moved, "by": by})]
+                if offer is not None:
+                    rows.insert(0, (source.id, "offer.rescinded",
+                                    {"agent": offer.agent_id, "offer": offer.id, "reason": "case.merged"}))
+                return target, work, await tx.append_events(rows, by, now)
+
+            target, work, events = await self.sb.store.write(unit)
+            if work is not None:
+                self._release(work)
+                if work.offer is not None:
+                    self.offers.pop(work.offer.id, None)
+                self.cases.pop(work.case.id, None)
+            await self.sb.after_write(events)
+            await self._drain()
+            return target
 
     async def escalate(self, work: CaseWork, *, by: str, reason: str) -> None:
         """Manual escalation: the next tier, one step more urgent, back to the queue."""
@@ -929,18 +1123,17 @@ class Assigner:
             raise
 
     async def _persist(self, work: CaseWork, rows: list[tuple[int, str, dict[str, Any]]], *,
-                       case_changes: dict[str, Any] | None = None) -> None:
+                       case_changes: dict[str, Any] | None = None, actor: str = ACTOR) -> None:
         now = self.sb.clock.now()
         changes = dict(case_changes or {})
-        route = None
-        if changes:
-            route = {**work.case.route, **changes}
+        routed = {k: v for k, v in changes.items() if k in Route.__dataclass_fields__}
+        route = {**work.case.route, **routed} if routed else work.case.route
 
         async def unit(tx):
             if changes:
                 await tx.update_case(work.case.id, **changes, route=route, updated_at=now)
             await tx.put_case_work(work.case.id, work.agent_id, work.queued_at, work.state(), now)
-            return await tx.append_events(rows, ACTOR, now)
+            return await tx.append_events(rows, actor, now)
 
         events = await self.sb.store.write(unit)
         if changes:

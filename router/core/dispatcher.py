@@ -7,6 +7,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from router.core import csat
 from router.core.model import (
     Case,
     CaseStatus,
@@ -178,6 +179,9 @@ class Dispatcher:
             for name, value in changes.items():
                 setattr(previous, name, value)
             return previous, IngestOutcome.APPENDED
+        if previous is not None and previous.status == CaseStatus.RESOLVED and not message.auto_generated \
+                and await self._survey_answer(tx, message, previous, customer, work):
+            return previous, IngestOutcome.APPENDED  # a satisfaction score: recorded, the case stays resolved
         window = self.config.threading.reopen_window
         if (
             previous is not None
@@ -217,6 +221,57 @@ class Dispatcher:
         work.event(case.id, "case.created", data)
         case = await self._route(tx, message, case, customer, work)
         return case, IngestOutcome.CREATED
+
+    async def _survey_answer(self, tx: Tx, message: InboundMessage, case: Case, customer: Customer,
+                             work: _Work) -> bool:
+        """Record a satisfaction score answering the case's open survey; a low one opens a follow-up case."""
+        settings = self.config.csat
+        survey = await csat.open_survey(tx, case, work.now, settings.answer_window)
+        found = csat.score_of(message.text) if survey is not None else None
+        if found is None:
+            return False
+        score, comment = found
+        followup = None
+        if score < settings.low_score and settings.followup_team in self.config.teams:
+            followup = await self._open_followup(tx, case, customer, score, comment, work)
+        await tx.answer_survey(survey["id"], score, comment, work.now, followup)
+        data: dict[str, Any] = {"score": score, "survey": survey["id"], "comment": comment}
+        if followup is not None:
+            data["followup_case_id"] = followup
+        work.event(case.id, "csat.answered", data)
+        return True
+
+    async def _open_followup(self, tx: Tx, case: Case, customer: Customer, score: int, comment: str | None,
+                             work: _Work) -> int:
+        """A case for the quality team about a low score, linked to the rated case; the customer is not told."""
+        settings = self.config.csat
+        team = self.config.teams.get(settings.followup_team or "")
+        route = Route(line=case.line, team=settings.followup_team, tier=(team.tier if team and team.tier else None)
+                      or self.config.tiers[0], priority=settings.followup_priority,
+                      sla_policy=case.route.get("sla_policy"), escalation=case.route.get("escalation"),
+                      rule="csat.low_score", reasons=[f"the customer rated {case.ref} {score}/5"])
+        number = await tx.next_case_number()
+        followup = Case(
+            id=0, ref=f"{self.config.instance.case_ref_prefix}-{number}", customer_id=customer.id,
+            status=CaseStatus.QUEUED, channel=case.channel, account=case.account,
+            subject=f"Low satisfaction ({score}/5) with {case.ref}" + (f": {case.subject}" if case.subject else ""),
+            language=case.language, line=route.line, team=route.team, tier=route.tier, priority=route.priority,
+            created_at=work.now, updated_at=work.now, related_case_id=case.id, order_id=case.order_id,
+            route={**route.as_dict(), "labels": {}},
+        )
+        followup.id = await tx.insert_case(followup)
+        await tx.insert_message(
+            case_id=followup.id, direction=Direction.NOTE, channel=case.channel, account=case.account,
+            external_id=None, conversation=None, sender=SYSTEM,
+            text=f"The customer rated {case.ref} {score}/5." + (f" Their comment: {comment}" if comment else ""),
+            meta={"kind": "csat_followup", "rated_case": case.ref, "score": score}, at=work.now)
+        await tx.link_cases(case.id, followup.id, "followup", SYSTEM, work.now)
+        work.event(followup.id, "case.created", {"ref": followup.ref, "channel": followup.channel,
+                                                 "customer_id": customer.id, "related_case": case.ref,
+                                                 "reason": "low satisfaction score"})
+        work.event(followup.id, "case.routed", {"route": route.as_dict(), "labels": {}})
+        work.event(case.id, "case.linked", {"case": followup.ref, "relation": "followup"})
+        return followup.id
 
     async def _find_thread(self, tx: Tx, message: InboundMessage, customer: Customer) -> tuple[Case | None, str]:
         """The case this message continues, and which hint said so; hints only ever match the same customer."""
@@ -377,6 +432,8 @@ async def _own_case(tx: Tx, ref: str | None, customer: Customer) -> Case | None:
     if not ref:
         return None
     case = await tx.case_by_ref(ref.strip().upper())
+    if case is not None and case.merged_into is not None:  # merged: the conversation goes on in the other case
+        case = await tx.case_by_id(case.merged_into)
     return case if case is not None and case.customer_id == customer.id else None
 
 

@@ -233,6 +233,7 @@ class Case:
     related_case_id: int | None = None
     order_id: str | None = None
     route: dict[str, Any] = dataclasses.field(default_factory=dict)
+    merged_into: int | None = None  # merged into that case: closed, its messages moved there
 
     @property
     def is_open(self) -> bool:

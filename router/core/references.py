@@ -76,6 +76,22 @@ def check_references(config: "Config") -> list[str]:
         if ids.count(agent.id) > 1 and ids.index(agent.id) != i:
             problems.append(f"{at}.id: {agent.id!r} is used by another agent")
         problems.extend(check_agent(config, agent, at))
+    account_ids = [a.id for a in config.accounts]
+    for i, account in enumerate(config.accounts):
+        at = f"accounts[{i}]"
+        if account_ids.count(account.id) > 1 and account_ids.index(account.id) != i:
+            problems.append(f"{at}.id: {account.id!r} is used by another account")
+        agent = account.agent or (account.id if account.role == "agent" else None)
+        if agent is not None and agent not in ids:
+            problems.append(f"{at}.agent: no agent {agent!r} in agents; an agent account works as one of them")
+        known.subset(account.lines, list(config.lines), "line", f"{at}.lines", problems)
+        known.subset(account.teams, list(config.teams), "team", f"{at}.teams", problems)
+        if account.password is not None and account.password_hash is not None:
+            problems.append(f"{at}: give password or password_hash, not both")
+    csat = config.csat
+    if csat.followup_team is not None and "followup_team" in csat.model_fields_set:
+        known.name(csat.followup_team, config.teams, "team", "csat.followup_team", problems)
+    known.subset(list(csat.lines), list(config.lines), "line", "csat.lines", problems)
     return problems
 
 

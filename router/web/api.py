@@ -8,6 +8,7 @@ from aiohttp import web
 from router.app import Switchboard
 from router.config import IntegrationConfig
 from router.core.model import Case, Customer, Event, Message, Outbound
+from router.web.auth import require
 from router.web.errors import HTTPProblem
 
 
@@ -18,10 +19,11 @@ def switchboard_of(request: web.Request) -> Switchboard:
 
 
 def require_integration(request: web.Request, scope: str) -> IntegrationConfig:
-    """The integration whose bearer token came with the request, if it holds `scope`; else 401/403."""
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header[:7].lower() == "bearer " else None
-    integration = switchboard_of(request).integration_for_token(token)
+    """The integration whose bearer token came with the request, if it holds `scope`; else 401/403.
+    For what only systems do (posting messages); everything people may also do uses router.web.auth.require."""
+    from router.web.auth import bearer
+
+    integration = switchboard_of(request).integration_for_token(bearer(request))
     if integration is None:
         raise HTTPProblem(401, "unauthorized", "missing or unknown integration token (Authorization: Bearer <token>)")
     if scope not in integration.scopes:
@@ -69,35 +71,13 @@ def event_json(event: Event) -> dict[str, Any]:
 
 
 def outbound_json(outbound: Outbound) -> dict[str, Any]:
-    return {"id": outbound.id, "kind": outbound.kind, "channel": outbound.channel, "recipient": str(outbound.recipient),
+    return {"id": outbound.id, "message_id": outbound.message_id, "kind": outbound.kind, "channel": outbound.channel, "recipient": str(outbound.recipient),
             "status": outbound.status.value, "attempts": outbound.attempts, "last_error": outbound.last_error,
             "next_attempt_at": outbound.next_attempt_at.isoformat()}
 
 
-async def get_case(request: web.Request) -> web.Response:
-    require_integration(request, "read")
-    ref = request.match_info["ref"].upper()
-
-    async def unit(tx):
-        case = await tx.case_by_ref(ref)
-        if case is None:
-            return None
-        return (case, await tx.get_customer(case.customer_id), await tx.messages_for_case(case.id),
-                await tx.events_for_case(case.id), await tx.outbound_for_case(case.id))
-
-    found = await switchboard_of(request).store.read(unit)
-    if found is None:
-        raise HTTPProblem(404, "not_found", f"no case {ref}")
-    case, customer, messages, events, outbound = found
-    return web.json_response({
-        "case": case_json(case), "customer": customer_json(customer),
-        "messages": [message_json(m) for m in messages], "events": [event_json(e) for e in events],
-        "outbound": [outbound_json(o) for o in outbound],
-    })
-
-
 async def list_cases(request: web.Request) -> web.Response:
-    require_integration(request, "read")
+    who = await require(request, "read")
     query = request.query
     try:
         limit = int(query.get("limit", 50))
@@ -110,7 +90,7 @@ async def list_cases(request: web.Request) -> web.Response:
     cases = await switchboard_of(request).store.read(
         lambda tx: tx.list_cases(status=status, limit=limit, before_id=before)
     )
-    body: dict[str, Any] = {"cases": [case_json(c) for c in cases]}
+    body: dict[str, Any] = {"cases": [case_json(c) for c in cases if who.covers(c.line, c.team)]}
     if len(cases) == limit:
         body["next"] = f"/api/v1/cases?limit={limit}&before={cases[-1].id}" + (f"&status={status}" if status else "")
     return web.json_response(body)
@@ -131,7 +111,7 @@ def quarantined_json(item: dict[str, Any]) -> dict[str, Any]:
 
 
 async def list_quarantine(request: web.Request) -> web.Response:
-    require_integration(request, "read")
+    await require(request, "read")
     status = request.query.get("status", "held")
     if status not in ("held", "reprocessed", "all"):
         raise HTTPProblem(400, "bad_request", f"status must be held, reprocessed or all, not {status!r}")
@@ -148,7 +128,7 @@ def _item_id(request: web.Request) -> int:
 
 
 async def get_quarantined(request: web.Request) -> web.Response:
-    require_integration(request, "read")
+    await require(request, "read")
     item_id = _item_id(request)
     item = await switchboard_of(request).store.read(lambda tx: tx.get_quarantined(item_id))
     if item is None:
@@ -159,7 +139,7 @@ async def get_quarantined(request: web.Request) -> web.Response:
 async def reprocess_quarantined(request: web.Request) -> web.Response:
     from router.core.quarantine import QuarantineError
 
-    require_integration(request, "supervise")
+    await require(request, "supervise")
     try:
         item = await switchboard_of(request).quarantine.reprocess(_item_id(request))
     except QuarantineError as exc:

@@ -5,7 +5,7 @@ from aiohttp import web
 
 from router.app import Switchboard
 from router.channels import StartupError
-from router.web import api, assignment_api
+from router.web import api, assignment_api, reports_api, workspace_api
 from router.web.errors import error_middleware
 
 SWITCHBOARD = web.AppKey("switchboard", Switchboard)
@@ -19,11 +19,12 @@ def create_app(switchboard: Switchboard) -> web.Application:
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/metrics", api.metrics)
     app.router.add_get("/api/v1/cases", api.list_cases)
-    app.router.add_get("/api/v1/cases/{ref}", api.get_case)
     app.router.add_get("/api/v1/quarantine", api.list_quarantine)
     app.router.add_get("/api/v1/quarantine/{id}", api.get_quarantined)
     app.router.add_post("/api/v1/quarantine/{id}/reprocess", api.reprocess_quarantined)
     app.router.add_routes(assignment_api.routes())
+    app.router.add_routes(workspace_api.routes())
+    app.router.add_routes(reports_api.routes())
     taken = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
     for plugin, route in switchboard.hooks.web_routes(switchboard=switchboard):
         if isinstance(route, web.StaticDef):

@@ -1,6 +1,9 @@
 """HTTP API for agents, supervisors and operators: presence, offers, replies, status, transfer, escalation,
-the queue and explanations. Integrations call it with scopes: `read` to look, `agent` to act for agents,
-`supervise` to change agents and move cases. (The agent workspace adds agents' own log-in on top.)"""
+the queue and explanations.
+
+People call it signed in (router.web.auth): an agent acts as themselves on the cases they hold, a supervisor on
+any case of their lines and teams. Integrations call it with scopes — `read` to look, `agent` to act for an
+agent they name in the body, `supervise` to change agents and move cases."""
 from __future__ import annotations
 
 import json
@@ -9,11 +12,13 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from router.core.assigner import ASSIGNER, Assigner
+from router.core.accounts import Principal
+from router.core.assigner import ASSIGNER, Assigner, AssignmentError, CaseWork
 from router.core.explain import explain_case
-from router.core.model import CaseStatus
+from router.core.model import Attachment, CaseStatus, Identity
 from router.routing_config import AgentConfig
-from router.web.api import require_integration, switchboard_of
+from router.web.api import switchboard_of
+from router.web.auth import acting_agent, may_act_on, principal, require
 from router.web.errors import HTTPProblem
 
 
@@ -47,19 +52,22 @@ def _offer_id(request: web.Request) -> int:
 
 # -- agents ------------------------------------------------------------------------------------------------------
 async def list_agents(request: web.Request) -> web.Response:
-    require_integration(request, "read")
+    await require(request, "read")
     assigner = _assigner(request)
     return web.json_response({"agents": [assigner.agent_view(a.id) for a in sorted(assigner.workforce,
                                                                                 key=lambda a: a.id)]})
 
 
 async def get_agent(request: web.Request) -> web.Response:
-    require_integration(request, "read")
-    return web.json_response(_assigner(request).agent_view(request.match_info["agent_id"]))
+    agent_id = request.match_info["agent_id"]
+    who = await principal(request)
+    if who.agent_id != agent_id:  # one's own, or anyone's with the read permission
+        await require(request, "read")
+    return web.json_response(_assigner(request).agent_view(agent_id))
 
 
 async def put_agent(request: web.Request) -> web.Response:
-    integration = require_integration(request, "supervise")
+    who = await require(request, "supervise")
     agent_id = request.match_info["agent_id"]
     body = await _body(request)
     if body.setdefault("id", agent_id) != agent_id:
@@ -67,117 +75,230 @@ async def put_agent(request: web.Request) -> web.Response:
     try:
         definition = AgentConfig.model_validate(body)
     except ValidationError as exc:
-        fields = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "problem": e["msg"]} for e in exc.errors()]
-        raise HTTPProblem(400, "invalid_agent", "; ".join(f"{f['field']}: {f['problem']}" for f in fields),
-                          fields=fields) from None
+        raise _invalid("invalid_agent", exc) from None
     assigner = _assigner(request)
     created = agent_id not in assigner.workforce
-    await assigner.put_agent(definition, by=f"integration:{integration.name}")
+    await assigner.put_agent(definition, by=who.actor)
     return web.json_response(assigner.agent_view(agent_id), status=201 if created else 200)
 
 
+def _invalid(code: str, exc: ValidationError) -> HTTPProblem:
+    fields = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "problem": e["msg"]} for e in exc.errors()]
+    return HTTPProblem(400, code, "; ".join(f"{f['field']}: {f['problem']}" for f in fields), fields=fields)
+
+
 async def delete_agent(request: web.Request) -> web.Response:
-    integration = require_integration(request, "supervise")
-    await _assigner(request).remove_agent(request.match_info["agent_id"], by=f"integration:{integration.name}")
+    who = await require(request, "supervise")
+    await _assigner(request).remove_agent(request.match_info["agent_id"], by=who.actor)
     return web.Response(status=204)
 
 
 async def put_presence(request: web.Request) -> web.Response:
-    require_integration(request, "agent")
+    who = await require(request, "agent")
+    agent_id = request.match_info["agent_id"]
+    if who.is_person and who.agent_id != agent_id:
+        await require(request, "supervise")  # a supervisor may send someone away (or offline) who left
+    return await _set_presence(request, who, agent_id)
+
+
+async def put_my_presence(request: web.Request) -> web.Response:
+    who = await require(request, "agent")
+    return await _set_presence(request, who, acting_agent(who, {}))
+
+
+async def _set_presence(request: web.Request, who: Principal, agent_id: str) -> web.Response:
     body = await _body(request, "presence")
     assigner = _assigner(request)
-    agent_id = request.match_info["agent_id"]
-    await assigner.set_presence(agent_id, body["presence"], by=agent_id)
+    await assigner.set_presence(agent_id, body["presence"], by=who.actor if who.is_person else agent_id)
     return web.json_response(assigner.agent_view(agent_id))
 
 
 # -- offers --------------------------------------------------------------------------------------------------------
 async def accept_offer(request: web.Request) -> web.Response:
-    require_integration(request, "agent")
-    body = await _body(request, "agent")
-    work = await _assigner(request).accept(_offer_id(request), body["agent"])
+    who = await require(request, "agent")
+    body = await _body(request)
+    work = await _assigner(request).accept(_offer_id(request), acting_agent(who, body))
     return web.json_response({"case": work.case.ref, "status": work.case.status.value, "agent": work.agent_id})
 
 
 async def decline_offer(request: web.Request) -> web.Response:
-    require_integration(request, "agent")
-    body = await _body(request, "agent")
+    who = await require(request, "agent")
+    body = await _body(request)
     reason = body.get("reason") if isinstance(body.get("reason"), str) else None
-    await _assigner(request).decline(_offer_id(request), body["agent"], reason)
+    await _assigner(request).decline(_offer_id(request), acting_agent(who, body), reason)
     return web.json_response({"declined": _offer_id(request)})
 
 
 # -- cases ---------------------------------------------------------------------------------------------------------
-async def reply(request: web.Request) -> web.Response:
-    require_integration(request, "agent")
-    body = await _body(request, "agent", "text")
+async def open_work(request: web.Request) -> CaseWork:
+    """The open, routed case of the path; 409 saying why for one that was merged, resolved or closed."""
+    ref = request.match_info["ref"].upper()
     assigner = _assigner(request)
-    work = assigner.work_for(request.match_info["ref"].upper())
+    try:
+        return assigner.work_for(ref)
+    except AssignmentError:
+        case = await switchboard_of(request).store.read(lambda tx: tx.case_by_ref(ref))
+        if case is None or case.is_open:
+            raise
+        if case.merged_into is not None:
+            into = await switchboard_of(request).store.read(lambda tx: tx.case_by_id(case.merged_into))
+            raise HTTPProblem(409, "conflict", f"{ref} was merged into {into.ref if into else '?'}; "
+                                               "continue there", merged_into=into.ref if into else None) from None
+        raise HTTPProblem(409, "conflict", f"{ref} is {case.status.value}"
+                          + ("; reopen it first" if case.status == CaseStatus.RESOLVED else ""),
+                          status=case.status.value) from None
+
+
+def _holder(work: CaseWork) -> str | None:
+    return work.offer.agent_id if work.offer is not None else work.agent_id
+
+
+async def _acting_on(request: web.Request, scope: str, *required: str, what: str = "act on"):
+    """Who acts, the body and the case, after checking they may act on it."""
+    who = await require(request, scope)
+    body = await _body(request, *required)
+    work = await open_work(request)
+    may_act_on(who, holder=_holder(work), line=work.case.line, team=work.case.team, ref=work.case.ref, what=what)
+    return who, body, work
+
+
+async def reply(request: web.Request) -> web.Response:
+    who, body, work = await _acting_on(request, "agent", what="reply on")
+    agent = acting_agent(who, body)
+    text = body.get("text", "")
     waiting = body.get("waiting_customer", False)
+    problems = []
+    if not isinstance(text, str):
+        problems.append({"field": "text", "problem": "a string"})
     if not isinstance(waiting, bool):
-        raise HTTPProblem(400, "bad_request", "waiting_customer must be true or false",
-                          fields=[{"field": "waiting_customer", "problem": "a boolean"}])
-    outbound_id = await assigner.reply(work, body["agent"], body["text"], waiting_customer=waiting)
+        problems.append({"field": "waiting_customer", "problem": "true or false"})
+    attachments, to = [], None
+    try:
+        attachments = [Attachment.model_validate(a) for a in body.get("attachments") or []]
+    except (ValidationError, TypeError):
+        problems.append({"field": "attachments", "problem": "a list of {filename, content_type, content (base64)}"})
+    if any(a.content is None for a in attachments):
+        problems.append({"field": "attachments", "problem": "each attachment needs its content (base64)"})
+    if body.get("to"):
+        kind, _, value = str(body["to"]).partition(":")
+        try:
+            to = Identity(kind=kind, value=value)
+        except ValidationError:
+            problems.append({"field": "to", "problem": "an identity of the customer, like email:ann@example.com"})
+    if problems:
+        raise HTTPProblem(400, "bad_request", "; ".join(f"{p['field']}: {p['problem']}" for p in problems),
+                          fields=problems)
+    outbound_id = await _assigner(request).reply(work, agent, text, waiting_customer=waiting,
+                                                 attachments=attachments, to=to)
     return web.json_response({"case": work.case.ref, "status": work.case.status.value,
                               "outbound_id": outbound_id or None}, status=201)
 
 
 async def set_status(request: web.Request) -> web.Response:
-    require_integration(request, "agent")
-    body = await _body(request, "agent", "status")
-    assigner = _assigner(request)
-    work = assigner.work_for(request.match_info["ref"].upper())
-    allowed = {"resolved": CaseStatus.RESOLVED, "closed": CaseStatus.CLOSED}
+    who = await require(request, "agent")
+    body = await _body(request, "status")
+    allowed = {"resolved": CaseStatus.RESOLVED, "closed": CaseStatus.CLOSED,
+               "waiting_customer": CaseStatus.WAITING_CUSTOMER}
     if body["status"] not in allowed:
-        raise HTTPProblem(400, "bad_request", f"status must be one of {sorted(allowed)} (to wait on the customer, "
-                                              "reply with waiting_customer: true)")
-    if work.agent_id not in (None, body["agent"]):
+        raise HTTPProblem(400, "bad_request", f"status must be one of {sorted(allowed)}")
+    assigner = _assigner(request)
+    ref = request.match_info["ref"].upper()
+    if body["status"] == "closed" and not any(w.case.ref == ref for w in assigner.cases.values()):
+        case = await _case_in_scope(request, who, ref)  # a resolved case is closed from the store
+        await assigner.close_resolved(case.ref, by=who.actor if who.is_person else acting_agent(who, body))
+        return web.json_response({"case": ref, "status": "closed"})
+    work = await open_work(request)
+    may_act_on(who, holder=_holder(work), line=work.case.line, team=work.case.team, ref=work.case.ref)
+    agent = acting_agent(who, body) if not who.is_person or who.agent_id else who.actor
+    if not who.is_person and work.agent_id not in (None, agent):
         raise HTTPProblem(403, "forbidden", f"{work.case.ref} is held by another agent")
-    await assigner.finish(work, allowed[body["status"]], by=body["agent"])  # refuses someone else's offer
+    if allowed[body["status"]] == CaseStatus.WAITING_CUSTOMER:
+        await assigner.wait_on_customer(work, agent)
+    else:
+        supervisor = who.is_person and _holder(work) != who.agent_id
+        await assigner.finish(work, allowed[body["status"]], by=agent, supervisor=supervisor)
     return web.json_response({"case": work.case.ref, "status": body["status"]})
 
 
+async def _case_in_scope(request: web.Request, who: Principal, ref: str):
+    """A case read from the store that a person may act on: its last holder, or a supervisor of its line/team."""
+    sb = switchboard_of(request)
+
+    async def unit(tx):
+        case = await tx.case_by_ref(ref)
+        return case, (await tx.case_work(case.id) if case is not None else None)
+
+    case, work = await sb.store.read(unit)
+    if case is None:
+        raise HTTPProblem(404, "not_found", f"no case {ref}")
+    may_act_on(who, holder=work["agent_id"] if work else None, line=case.line, team=case.team, ref=ref)
+    return case
+
+
+async def reopen(request: web.Request) -> web.Response:
+    who = await require(request, "agent")
+    body = await _body(request)
+    ref = request.match_info["ref"].upper()
+    await _case_in_scope(request, who, ref)
+    reason = body.get("reason") if isinstance(body.get("reason"), str) and body["reason"].strip() else "reopened"
+    case = await _assigner(request).reopen(ref, by=who.actor if who.is_person else acting_agent(who, body),
+                                           reason=reason)
+    return web.json_response({"case": case.ref, "status": case.status.value})
+
+
 async def transfer(request: web.Request) -> web.Response:
-    require_integration(request, "supervise")
-    body = await _body(request, "by", "reason")
+    who = await principal(request)
+    who = await require(request, "agent" if who.is_person else "supervise")  # systems move cases as supervisors
+    body = await _body(request, "reason")
+    work = await open_work(request)
+    may_act_on(who, holder=_holder(work), line=work.case.line, team=work.case.team, ref=work.case.ref,
+               what="transfer")
+    by = who.actor if who.is_person else body.get("by") if isinstance(body.get("by"), str) else who.actor
     assigner = _assigner(request)
-    work = assigner.work_for(request.match_info["ref"].upper())
     priority = body.get("priority")
     if priority is not None and (type(priority) is not int or not 1 <= priority <= 5):
         raise HTTPProblem(400, "bad_request", "priority must be a whole number from 1 to 5")
-    wrong = [name for name in ("line", "team", "tier") if body.get(name) is not None and not isinstance(body[name], str)]
+    wrong = [name for name in ("line", "team", "tier", "agent")
+             if body.get(name) is not None and not isinstance(body[name], str)]
     if wrong:
         raise HTTPProblem(400, "bad_request", f"{', '.join(wrong)} must be {'names' if len(wrong) > 1 else 'a name'}",
                           fields=[{"field": name, "problem": "a string"} for name in wrong])
-    await assigner.transfer(work, by=body["by"], reason=body["reason"], line=body.get("line"),
-                            team=body.get("team"), tier=body.get("tier"), priority=priority)
+    if body.get("agent"):
+        if any(body.get(k) is not None for k in ("line", "team", "tier", "priority")):
+            raise HTTPProblem(400, "bad_request", "transfer to an agent, or to a line/team/tier, not both")
+        await assigner.transfer_to_agent(work, body["agent"], by=by, reason=body["reason"])
+    else:
+        await assigner.transfer(work, by=by, reason=body["reason"], line=body.get("line"), team=body.get("team"),
+                                tier=body.get("tier"), priority=priority)
     return web.json_response(_case_summary(work))
 
 
 async def escalate(request: web.Request) -> web.Response:
-    require_integration(request, "agent")
-    body = await _body(request, "by", "reason")
-    assigner = _assigner(request)
-    work = assigner.work_for(request.match_info["ref"].upper())
-    await assigner.escalate(work, by=body["by"], reason=body["reason"])
+    who, body, work = await _acting_on(request, "agent", "reason", what="escalate")
+    by = who.actor if who.is_person else acting_agent(who, body, "by")
+    await _assigner(request).escalate(work, by=by, reason=body["reason"])
     return web.json_response(_case_summary(work))
 
 
 def _case_summary(work) -> dict[str, Any]:
     case = work.case
     return {"case": case.ref, "status": case.status.value, "line": case.line, "team": case.team, "tier": case.tier,
-            "priority": case.priority, "offered_to": work.offer.agent_id if work.offer else None}
+            "priority": case.priority, "offered_to": work.offer.agent_id if work.offer else None,
+            "agent": work.agent_id}
 
 
 # -- reading -------------------------------------------------------------------------------------------------------
 async def queue(request: web.Request) -> web.Response:
-    require_integration(request, "read")
-    return web.json_response({"queue": _assigner(request).queue_view()})
+    who = await require(request, "read")
+    items = [q for q in _assigner(request).queue_view() if who.covers(q["line"], q["team"])]
+    return web.json_response({"queue": items})
 
 
 async def explain(request: web.Request) -> web.Response:
-    require_integration(request, "read")
+    from router.web.workspace_api import readable_case
+
     ref = request.match_info["ref"].upper()
+    await readable_case(request, ref)
     found = await explain_case(switchboard_of(request).store, ref)
     if found is None:
         raise HTTPProblem(404, "not_found", f"no case {ref}")
@@ -191,10 +312,12 @@ def routes() -> list[web.RouteDef]:
         web.put("/api/v1/agents/{agent_id}", put_agent),
         web.delete("/api/v1/agents/{agent_id}", delete_agent),
         web.put("/api/v1/agents/{agent_id}/presence", put_presence),
+        web.put("/api/v1/me/presence", put_my_presence),
         web.post("/api/v1/offers/{offer_id}/accept", accept_offer),
         web.post("/api/v1/offers/{offer_id}/decline", decline_offer),
         web.post("/api/v1/cases/{ref}/replies", reply),
         web.post("/api/v1/cases/{ref}/status", set_status),
+        web.post("/api/v1/cases/{ref}/reopen", reopen),
         web.post("/api/v1/cases/{ref}/transfer", transfer),
         web.post("/api/v1/cases/{ref}/escalate", escalate),
         web.get("/api/v1/cases/{ref}/explain", explain),
@@ -202,4 +325,4 @@ def routes() -> list[web.RouteDef]:
     ]
 
 
-__all__ = ["routes"]
+__all__ = ["routes", "open_work"]

@@ -157,13 +157,15 @@ def test_secret_values_never_appear_in_check_or_plugins_output(tmp_path):
 
 # -- plugins --------------------------------------------------------------------------------------------------------
 def test_plugins_lists_the_builtins_and_their_hooks():
-    """`switchboard plugins` shows what will run: the routing and assignment defaults, the API and email channels."""
+    """`switchboard plugins` shows what will run: the routing, assignment and CSAT defaults, the API and email
+    channels."""
     result = run_cli("plugins", "--config", "config")
     assert result.returncode == 0, result.stderr
     listing = plugin_listing(result.stdout)
     assert listing == {
         "api": ["deliver", "register_channels", "shutdown", "startup", "web_routes"],
         "core.assignment": ["case_event", "choose_agent", "scheduled_jobs", "shutdown", "startup"],
+        "core.csat": ["case_event"],
         "core.routing": ["classify", "select_route", "startup"],
         "email": ["configure", "deliver", "register_channels", "reparse", "scheduled_jobs", "shutdown", "startup",
                   "web_routes"],
@@ -175,7 +177,7 @@ def test_blocking_the_api_plugin_removes_it_and_says_so():
     """SWITCHBOARD_BLOCK_PLUGINS=api takes the API channel out, and the listing says it is blocked."""
     result = run_cli("plugins", "--config", "config", env=cli_env(SWITCHBOARD_BLOCK_PLUGINS="api"))
     assert result.returncode == 0, result.stderr
-    assert set(plugin_listing(result.stdout)) == {"core.routing", "core.assignment", "email"}
+    assert set(plugin_listing(result.stdout)) == {"core.routing", "core.assignment", "core.csat", "email"}
     assert result.stdout.splitlines()[-1] == "blocked: api"
 
 

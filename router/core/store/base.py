@@ -43,7 +43,7 @@ def migrations(backend: str) -> list[tuple[int, str]]:
 # Columns read back into model objects. Kept here so every backend reads rows the same way.
 CASE_COLUMNS = (
     "id, ref, customer_id, status, channel, account, subject, language, line, team, tier, priority, order_id, "
-    "related_case_id, route, created_at, updated_at, last_inbound_at, resolved_at"
+    "related_case_id, route, created_at, updated_at, last_inbound_at, resolved_at, merged_into"
 )
 MESSAGE_COLUMNS = "id, case_id, direction, channel, account, external_id, sender, text, meta, created_at"
 OUTBOX_COLUMNS = (
@@ -78,6 +78,7 @@ def case_from_row(row: Any) -> Case:
         updated_at=row["updated_at"],
         last_inbound_at=row["last_inbound_at"],
         resolved_at=row["resolved_at"],
+        merged_into=row["merged_into"],
     )
 
 
@@ -286,7 +287,7 @@ class Tx(abc.ABC):
 
     _CASE_FIELDS = frozenset(
         {"status", "subject", "language", "line", "team", "tier", "priority", "order_id", "related_case_id", "route",
-         "updated_at", "last_inbound_at", "resolved_at"}
+         "updated_at", "last_inbound_at", "resolved_at", "merged_into", "resolved_by"}
     )
 
     async def update_case(self, case_id: int, **fields: Any) -> None:
@@ -720,6 +721,164 @@ class Tx(abc.ABC):
                 work = {"agent_id": row["w_agent_id"], "queued_at": row["w_queued_at"], "state": _json(row["w_state"])}
             out.append((case_from_row(row), work))
         return out
+
+    # -- people: accounts and their tokens (router.core.accounts) --------------------------------------------
+    _ACCOUNT_COLUMNS = "id, name, role, agent_id, lines, teams, password_hash, source, disabled_at, created_at, updated_at"
+
+    def _account(self, row: Any) -> dict[str, Any]:
+        return {**{k: row[k] for k in row.keys()}, "lines": _json(row["lines"]), "teams": _json(row["teams"])}
+
+    async def accounts(self) -> list[dict[str, Any]]:
+        rows = await self.fetch(f"SELECT {self._ACCOUNT_COLUMNS} FROM accounts ORDER BY id")
+        return [self._account(r) for r in rows]
+
+    async def account(self, account_id: str) -> dict[str, Any] | None:
+        row = await self.fetchrow(f"SELECT {self._ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id)
+        return None if row is None else self._account(row)
+
+    async def put_account(self, account_id: str, *, name: str, role: str, agent_id: str | None, lines: list[str],
+                          teams: list[str], password_hash: str | None, source: str, at: datetime) -> None:
+        """Create or replace an account; `password_hash` None keeps the stored one."""
+        await self.execute(
+            "INSERT INTO accounts (id, name, role, agent_id, lines, teams, password_hash, source, created_at, "
+            "updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, role = excluded.role, agent_id = excluded.agent_id, "
+            "lines = excluded.lines, teams = excluded.teams, source = excluded.source, updated_at = excluded.updated_at, "
+            "password_hash = COALESCE(excluded.password_hash, accounts.password_hash)",
+            account_id, name, role, agent_id, lines, teams, password_hash, source, at,
+        )
+
+    async def set_account_disabled(self, account_id: str, at: datetime | None) -> bool:
+        """Disable (at a time) or enable (None) an account; its tokens stop working while it is disabled."""
+        return await self.fetchval(
+            "UPDATE accounts SET disabled_at = $2 WHERE id = $1 RETURNING id", account_id, at) is not None
+
+    async def insert_token(self, account_id: str, kind: str, name: str | None, token_hash: str, at: datetime,
+                           expires_at: datetime | None) -> int:
+        return await self.fetchval(
+            "INSERT INTO account_tokens (account_id, kind, name, token_hash, created_at, expires_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            account_id, kind, name, token_hash, at, expires_at,
+        )
+
+    async def token_owner(self, token_hash: str) -> dict[str, Any] | None:
+        """The account a token belongs to, with the token's id, kind and expiry; None if unknown or revoked."""
+        row = await self.fetchrow(
+            "SELECT t.id AS token_id, t.kind AS token_kind, t.expires_at AS token_expires_at, "
+            + ", ".join(f"a.{c.strip()}" for c in self._ACCOUNT_COLUMNS.split(","))
+            + " FROM account_tokens t JOIN accounts a ON a.id = t.account_id "
+            "WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
+            token_hash,
+        )
+        return None if row is None else self._account(row)
+
+    async def revoke_token(self, *, token_hash: str | None = None, token_id: int | None = None,
+                           account_id: str | None = None, at: datetime) -> int:
+        """Revoke one token (by hash or id) or every token of an account; how many were revoked."""
+        if token_hash is not None:
+            clause, arg = "token_hash = $1", token_hash
+        elif token_id is not None:
+            clause, arg = "id = $1", token_id
+        else:
+            clause, arg = "account_id = $1", account_id
+        rows = await self.fetch(
+            f"UPDATE account_tokens SET revoked_at = $2 WHERE {clause} AND revoked_at IS NULL RETURNING id", arg, at)
+        return len(rows)
+
+    async def tokens_of(self, account_id: str) -> list[dict[str, Any]]:
+        rows = await self.fetch(
+            "SELECT id, kind, name, created_at, expires_at, last_used_at, revoked_at FROM account_tokens "
+            "WHERE account_id = $1 ORDER BY id", account_id)
+        return [{k: r[k] for k in r.keys()} for r in rows]
+
+    # -- the agent workspace: links, merges, notes, surveys, reports ----------------------------------------
+    async def link_cases(self, case_id: int, other_id: int, relation: str, by: str, at: datetime) -> bool:
+        """Link two cases both ways; False when they were linked already."""
+        added = await self.fetchval(
+            "INSERT INTO case_links (case_id, other_id, relation, created_by, created_at) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (case_id, other_id) DO NOTHING RETURNING case_id", case_id, other_id, relation, by, at)
+        await self.execute(
+            "INSERT INTO case_links (case_id, other_id, relation, created_by, created_at) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (case_id, other_id) DO NOTHING", other_id, case_id, relation, by, at)
+        return added is not None
+
+    async def linked_cases(self, case_id: int) -> list[tuple[str, Case]]:
+        """(relation, case) for every case linked to this one."""
+        columns = ", ".join(f"c.{c.strip()}" for c in CASE_COLUMNS.split(","))
+        rows = await self.fetch(
+            f"SELECT l.relation AS relation, {columns} FROM case_links l JOIN cases c ON c.id = l.other_id "
+            "WHERE l.case_id = $1 ORDER BY c.id", case_id)
+        return [(r["relation"], case_from_row(r)) for r in rows]
+
+    async def move_messages(self, from_case: int, to_case: int) -> int:
+        """Move every message (and so its attachments) of one case to another: a merge. How many moved."""
+        rows = await self.fetch("UPDATE messages SET case_id = $2 WHERE case_id = $1 RETURNING id", from_case, to_case)
+        await self.execute("UPDATE outbox SET case_id = $2 WHERE case_id = $1", from_case, to_case)
+        return len(rows)
+
+    async def last_inbound_from(self, customer_id: int, sender: str | None = None) -> tuple[Message, str | None] | None:
+        """The customer's latest message (any case), or latest from one of their identities: where a reply goes."""
+        columns = ", ".join("m." + c.strip() for c in MESSAGE_COLUMNS.split(","))
+        by_sender = "AND m.sender = $2 " if sender is not None else ""
+        row = await self.fetchrow(
+            f"SELECT {columns}, m.conversation FROM messages m JOIN cases c ON c.id = m.case_id "
+            f"WHERE c.customer_id = $1 {by_sender}AND m.direction = 'in' ORDER BY m.id DESC LIMIT 1",
+            customer_id, *([sender] if sender is not None else []))
+        return None if row is None else (message_from_row(row), row["conversation"])
+
+    async def mark_first_response(self, case_id: int, agent_id: str, at: datetime) -> None:
+        await self.execute(
+            "UPDATE cases SET first_response_at = $2, first_response_by = $3 "
+            "WHERE id = $1 AND first_response_at IS NULL", case_id, at, agent_id)
+
+    async def insert_survey(self, case_id: int, outbound_id: int | None, channel: str, language: str | None,
+                            at: datetime) -> int:
+        return await self.fetchval(
+            "INSERT INTO surveys (case_id, outbound_id, channel, language, sent_at) VALUES ($1, $2, $3, $4, $5) "
+            "RETURNING id", case_id, outbound_id, channel, language, at)
+
+    _SURVEY_COLUMNS = "id, case_id, outbound_id, channel, language, sent_at, score, comment, answered_at, followup_case_id"
+
+    async def latest_survey(self, case_id: int) -> dict[str, Any] | None:
+        row = await self.fetchrow(
+            f"SELECT {self._SURVEY_COLUMNS} FROM surveys WHERE case_id = $1 ORDER BY id DESC LIMIT 1", case_id)
+        return None if row is None else {k: row[k] for k in row.keys()}
+
+    async def answer_survey(self, survey_id: int, score: int, comment: str | None, at: datetime,
+                            followup_case_id: int | None) -> bool:
+        """Record an answer once; False when the survey was answered already."""
+        return await self.fetchval(
+            "UPDATE surveys SET score = $2, comment = $3, answered_at = $4, followup_case_id = $5 "
+            "WHERE id = $1 AND answered_at IS NULL RETURNING id",
+            survey_id, score, comment, at, followup_case_id) is not None
+
+    async def retry_outbound(self, outbound_id: int, at: datetime) -> Outbound | None:
+        """Put a failed outbound message back in the queue, due now, with a fresh count of attempts."""
+        row = await self.fetchrow(
+            f"UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $2, claimed_until = NULL, "
+            f"updated_at = $2 WHERE id = $1 AND status = 'failed' RETURNING {OUTBOX_COLUMNS}", outbound_id, at)
+        return None if row is None else outbound_from_row(row)
+
+    async def report_rows(self, since: datetime, until: datetime) -> list[dict[str, Any]]:
+        """One row per case created in [since, until): what the service reports are computed from."""
+        rows = await self.fetch(
+            "SELECT c.id, c.ref, c.line, c.team, c.channel, c.status, c.created_at, c.first_response_at, "
+            "c.first_response_by, c.resolved_at, c.resolved_by, w.agent_id AS holder, "
+            "(SELECT s.score FROM surveys s WHERE s.case_id = c.id AND s.score IS NOT NULL "
+            " ORDER BY s.id DESC LIMIT 1) AS csat "
+            "FROM cases c LEFT JOIN case_work w ON w.case_id = c.id "
+            "WHERE c.created_at >= $1 AND c.created_at < $2 AND c.merged_into IS NULL ORDER BY c.id",
+            since, until)
+        return [{k: r[k] for k in r.keys()} for r in rows]
+
+    async def cases_of_agent(self, agent_id: str, limit: int = 50) -> list[Case]:
+        """Cases an agent holds or last held (open ones first, then the latest), for 'my cases' views."""
+        columns = ", ".join(f"c.{c.strip()}" for c in CASE_COLUMNS.split(","))
+        rows = await self.fetch(
+            f"SELECT {columns} FROM cases c JOIN case_work w ON w.case_id = c.id WHERE w.agent_id = $1 "
+            "ORDER BY c.updated_at DESC LIMIT $2", agent_id, limit)
+        return [case_from_row(r) for r in rows]
+
 
 Unit = Callable[[Tx], Awaitable[T]]
 

@@ -1,0 +1,198 @@
+"""The live feed: every committed event, fanned out to the people (and integrations) allowed to see it.
+
+The event log is the source of truth; the feed only carries it to open streams. Each event is encoded once as
+a Server-Sent Events frame (``id`` is the event id) and put on the queue of every subscriber in its audience:
+
+- an agent sees offers made to them, and everything on the cases they hold;
+- a supervisor sees every case event on their lines and teams, and agents' presence;
+- an admin, or an integration with the ``read`` scope, sees everything.
+
+A stream that reconnects says the last id it saw (``Last-Event-ID``); :meth:`Feed.backlog` replays what it
+missed from the store with the same audience rules, so nothing is lost across reconnects. A subscriber that
+falls too far behind (its queue is full) gets a ``reset`` and is dropped: it reconnects and catches up from
+the store, and one slow browser never holds up the others.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+from typing import TYPE_CHECKING, Any, Iterable
+
+import orjson
+
+from router.core.accounts import Principal
+from router.core.model import Event
+
+if TYPE_CHECKING:  # pragma: no cover
+    from router.app import Switchboard
+
+QUEUE_SIZE = 2000
+KNOWN_CASES = 50_000
+# Events that concern people other than whoever the event names; customer.* events are for full readers only.
+AGENT_EVENTS = ("agent.presence", "agent.changed", "agent.removed")
+
+
+@dataclasses.dataclass(slots=True)
+class CaseInfo:
+    ref: str
+    subject: str | None
+    status: str
+    channel: str
+    line: str | None
+    team: str | None
+    tier: str | None
+    priority: int
+    holder: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ref": self.ref, "subject": self.subject, "status": self.status, "channel": self.channel,
+                "line": self.line, "team": self.team, "tier": self.tier, "priority": self.priority}
+
+
+class Subscriber:
+    __slots__ = ("principal", "queue", "dropped")
+
+    def __init__(self, principal: Principal):
+        self.principal = principal
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_SIZE)
+        self.dropped = False
+
+    def push(self, frame: bytes) -> None:
+        if self.dropped:
+            return
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.dropped = True  # the stream ends with a reset; the client catches up from the store
+            self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+
+def frame(event: Event, case: CaseInfo | None) -> bytes:
+    body = orjson.dumps({"id": event.id, "type": event.type, "case_id": event.case_id,
+                         "case": case.as_json() if case else None, "actor": event.actor, "data": event.data,
+                         "at": event.at.isoformat()})
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.type.encode(), body)
+
+
+def reset_frame(reason: str) -> bytes:
+    return b"event: reset\ndata: %s\n\n" % orjson.dumps({"reason": reason})
+
+
+class Feed:
+    def __init__(self, switchboard: "Switchboard"):
+        self.sb = switchboard
+        self.by_agent: dict[str, set[Subscriber]] = collections.defaultdict(set)
+        self.broad: set[Subscriber] = set()  # supervisors, admins, integrations
+        self._cases: collections.OrderedDict[int, CaseInfo] = collections.OrderedDict()
+
+    # -- subscribers ------------------------------------------------------------------------------------------
+    def subscribe(self, principal: Principal) -> Subscriber:
+        sub = Subscriber(principal)
+        if principal.role == "agent":
+            self.by_agent[principal.agent_id or ""].add(sub)
+        else:
+            self.broad.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.broad.discard(sub)
+        subs = self.by_agent.get(sub.principal.agent_id or "")
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.by_agent[sub.principal.agent_id or ""]
+
+    @property
+    def count(self) -> int:
+        return len(self.broad) + sum(len(s) for s in self.by_agent.values())
+
+    # -- audience -----------------------------------------------------------------------------------------------
+    def case_info(self, case_id: int | None) -> CaseInfo | None:
+        """What the feed knows of a case: from assignment's working set when open, else the last seen."""
+        if case_id is None:
+            return None
+        from router.core.assigner import ASSIGNER
+
+        assigner = self.sb.stash.get(ASSIGNER)
+        work = assigner.cases.get(case_id) if assigner is not None else None
+        if work is not None:
+            case = work.case
+            holder = work.offer.agent_id if work.offer is not None else work.agent_id
+            info = CaseInfo(case.ref, case.subject, case.status.value, case.channel, case.line, case.team, case.tier,
+                            case.priority, holder)
+            self._remember(case_id, info)
+            return info
+        return self._cases.get(case_id)
+
+    def _remember(self, case_id: int, info: CaseInfo) -> None:
+        self._cases[case_id] = info
+        self._cases.move_to_end(case_id)
+        if len(self._cases) > KNOWN_CASES:
+            self._cases.popitem(last=False)
+
+    @staticmethod
+    def agents_named(event: Event, case: CaseInfo | None) -> set[str]:
+        """The agents an event is about: whoever it names, and whoever holds (or is offered) its case."""
+        data = event.data
+        named = {value for key in ("agent", "chosen", "by", "from_agent") if isinstance(value := data.get(key), str)}
+        if case is not None and case.holder:
+            named.add(case.holder)
+        return named
+
+    @staticmethod
+    def visible(principal: Principal, event: Event, case: CaseInfo | None, named: set[str]) -> bool:
+        if principal.role == "agent":
+            return principal.agent_id in named
+        if principal.kind == "integration":
+            return "read" in principal.scopes
+        if principal.role == "admin" or (not principal.lines and not principal.teams):
+            return True
+        if event.case_id is None:
+            return event.type in AGENT_EVENTS
+        return case is not None and principal.covers(case.line, case.team)
+
+    # -- publishing ---------------------------------------------------------------------------------------------
+    def publish(self, events: Iterable[Event]) -> None:
+        """Called after every committed write, in commit order."""
+        for event in events:
+            case = self.case_info(event.case_id)
+            if case is not None and event.type == "case.status_changed":
+                case.status = str(event.data.get("to", case.status))
+            if not self.broad and not self.by_agent:
+                continue
+            named = self.agents_named(event, case)
+            encoded: bytes | None = None
+            for agent_id in named:
+                for sub in self.by_agent.get(agent_id, ()):
+                    encoded = encoded or frame(event, case)
+                    sub.push(encoded)
+            for sub in self.broad:
+                if self.visible(sub.principal, event, case, named):
+                    encoded = encoded or frame(event, case)
+                    sub.push(encoded)
+
+    async def backlog(self, principal: Principal, after_id: int) -> tuple[list[bytes], int, bool]:
+        """Frames a reconnecting stream missed since `after_id`: (frames, last id read, complete). Not complete
+        when more than ``console.stream_backlog`` events went by: the client must reload its state."""
+        limit = self.sb.config.console.stream_backlog
+        frames: list[bytes] = []
+        last = after_id
+        read = 0
+        while True:
+            page = await self.sb.store.read(lambda tx: tx.events_after(last, 500))
+            for event in page:
+                case = self.case_info(event.case_id)
+                if self.visible(principal, event, case, self.agents_named(event, case)):
+                    frames.append(frame(event, case))
+            if page:
+                last = page[-1].id
+            read += len(page)
+            if len(page) < 500:
+                return frames, last, True
+            if read >= limit:
+                return frames, last, False
+
+    async def latest_id(self) -> int:
+        return await self.sb.store.read(lambda tx: tx.fetchval("SELECT COALESCE(MAX(id), 0) FROM events"))

@@ -1,0 +1,370 @@
+"""The agent workspace over HTTP: signing in, who am I, the live stream, reading a case with everything around
+it, internal notes, links between cases, merges, retrying a failed delivery, and the console's pages."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from router.core.accounts import AccountError, Principal
+from router.core.assigner import ASSIGNER
+from router.core.model import Case, Direction
+from router.web.api import case_json, customer_json, event_json, message_json, outbound_json, switchboard_of
+from router.web.assignment_api import _assigner, _body, open_work
+from router.web.auth import SESSION_COOKIE, may_act_on, principal, require
+from router.web.errors import HTTPProblem
+
+RELATIONS = ("other_side", "related", "followup")
+
+
+# -- signing in -----------------------------------------------------------------------------------------------------
+async def login(request: web.Request) -> web.Response:
+    body = await _body(request, "account", "password")
+    sb = switchboard_of(request)
+    try:
+        token, who = await sb.accounts.login(body["account"].strip(), body["password"])
+    except AccountError as exc:
+        raise HTTPProblem(exc.status, exc.code, exc.detail) from None
+    response = web.json_response({"account": who.as_json(), "token": token,
+                                  "expires_in": int(sb.config.console.session_ttl.total_seconds())})
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict", path="/",
+                        max_age=int(sb.config.console.session_ttl.total_seconds()), secure=request.secure)
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    await principal(request)
+    token = request.cookies.get(SESSION_COOKIE) or request.headers.get("Authorization", "")[7:].strip()
+    if token:
+        await switchboard_of(request).accounts.revoke(token)
+    response = web.Response(status=204)
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+async def me(request: web.Request) -> web.Response:
+    who = await principal(request)
+    if not who.is_person:
+        return web.json_response({"account": None, "integration": who.id, "scopes": sorted(who.scopes)})
+    agent = None
+    if who.agent_id:
+        assigner = switchboard_of(request).stash.get(ASSIGNER)
+        if assigner is not None and who.agent_id in assigner.workforce:
+            agent = assigner.agent_view(who.agent_id)
+    return web.json_response({"account": who.as_json(), "agent": agent})
+
+
+async def my_cases(request: web.Request) -> web.Response:
+    who = await require(request, "agent")
+    if who.agent_id is None:
+        return web.json_response({"cases": []})
+    assigner = _assigner(request)
+    held = sorted((w.case for w in assigner.cases.values() if w.agent_id == who.agent_id and w.offer is None),
+                  key=lambda c: (c.priority, c.updated_at))
+    return web.json_response({"cases": [case_json(c) for c in held]})
+
+
+# -- the live stream -------------------------------------------------------------------------------------------------
+async def stream(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: every event the caller may see, live; after a reconnect (Last-Event-ID, or ?after=),
+    first what was missed, from the store."""
+    who = await principal(request)
+    sb = switchboard_of(request)
+    feed = sb.feed
+    raw_after = request.headers.get("Last-Event-ID") or request.query.get("after")
+    try:
+        after = int(raw_after) if raw_after else None
+    except ValueError:
+        raise HTTPProblem(400, "bad_request", "Last-Event-ID (or after) must be an event id") from None
+    sub = feed.subscribe(who)  # before reading the backlog, so nothing falls between the two
+    try:
+        if after is None:
+            frames, last, complete = [], await feed.latest_id(), True
+        else:
+            frames, last, complete = await feed.backlog(who, after)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        await response.write(b"retry: 2000\n: connected\n\n" + b"".join(frames))
+        if not complete:
+            from router.core.feed import reset_frame
+
+            await response.write(reset_frame("too many events were missed; reload"))
+        heartbeat = sb.config.console.stream_heartbeat.total_seconds()
+        while True:
+            try:
+                item = await asyncio.wait_for(sub.queue.get(), timeout=heartbeat)
+            except asyncio.TimeoutError:
+                await response.write(b": ping\n\n")
+                continue
+            if item is None:  # fell behind: the client reconnects and catches up from the store
+                from router.core.feed import reset_frame
+
+                await response.write(reset_frame("the stream fell behind; reconnect to catch up"))
+                break
+            if _frame_id(item) <= last:
+                continue  # already sent from the backlog
+            chunks = [item]
+            while not sub.queue.empty() and len(chunks) < 256:  # whatever else is ready goes in the same write
+                more = sub.queue.get_nowait()
+                if more is None:
+                    sub.queue.put_nowait(None)
+                    break
+                chunks.append(more)
+            await response.write(b"".join(chunks))
+        return response
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    finally:
+        feed.unsubscribe(sub)
+
+
+def _frame_id(frame: bytes) -> int:
+    return int(frame[4:frame.index(b"\n")])
+
+
+# -- reading a case ----------------------------------------------------------------------------------------------------
+async def readable_case(request: web.Request, ref: str) -> tuple[Principal, Case, dict[str, Any] | None]:
+    """The case, if the caller may read it: full readers and supervisors of its line or team; agents when
+    they hold it, are offered it, last worked it, or hold a case linked to it (the other side of an order)."""
+    who = await principal(request)
+    sb = switchboard_of(request)
+
+    async def unit(tx):
+        case = await tx.case_by_ref(ref)
+        if case is None:
+            return None, None, []
+        holders = []
+        for _relation, other in await tx.linked_cases(case.id):
+            other_work = await tx.case_work(other.id)
+            if other_work is not None and other.is_open:
+                holders.append(other_work["agent_id"])
+        return case, await tx.case_work(case.id), holders
+
+    case, work, linked_holders = await sb.store.read(unit)
+    if case is None:
+        raise HTTPProblem(404, "not_found", f"no case {ref}")
+    if "read" in who.scopes and who.covers(case.line, case.team):
+        return who, case, work
+    assigner = sb.stash.get(ASSIGNER)
+    live = assigner.cases.get(case.id) if assigner is not None else None
+    offered = live.offer.agent_id if live is not None and live.offer is not None else None
+    mine = who.agent_id is not None and who.agent_id in (
+        offered, live.agent_id if live else None, work["agent_id"] if work else None, *linked_holders)
+    if not mine:
+        raise HTTPProblem(403, "forbidden", f"{ref} is not yours: you can read the cases you hold or are offered, "
+                                            "and the cases linked to them")
+    return who, case, work
+
+
+async def get_case(request: web.Request) -> web.Response:
+    ref = request.match_info["ref"].upper()
+    _who, case, work = await readable_case(request, ref)
+
+    async def unit(tx):
+        return (await tx.get_customer(case.customer_id), await tx.messages_for_case(case.id),
+                await tx.events_for_case(case.id), await tx.outbound_for_case(case.id),
+                await tx.linked_cases(case.id), await tx.latest_survey(case.id),
+                await tx.case_by_id(case.merged_into) if case.merged_into else None,
+                await tx.case_by_id(case.related_case_id) if case.related_case_id else None)
+
+    customer, messages, events, outbound, links, survey, merged_into, related = \
+        await switchboard_of(request).store.read(unit)
+    body = case_json(case)
+    body["merged_into"] = merged_into.ref if merged_into else None
+    body["related_case"] = related.ref if related else None
+    body["agent"] = work["agent_id"] if work else None
+    return web.json_response({
+        "case": body, "customer": customer_json(customer),
+        "messages": [message_json(m) for m in messages], "events": [event_json(e) for e in events],
+        "outbound": [outbound_json(o) for o in outbound],
+        "links": [{"ref": other.ref, "relation": relation, "status": other.status.value, "subject": other.subject,
+                   "line": other.line, "customer_id": other.customer_id} for relation, other in links],
+        "survey": None if survey is None else {
+            "score": survey["score"], "comment": survey["comment"], "channel": survey["channel"],
+            "sent_at": survey["sent_at"].isoformat(),
+            "answered_at": survey["answered_at"].isoformat() if survey["answered_at"] else None},
+    })
+
+
+async def get_attachment(request: web.Request) -> web.Response:
+    ref = request.match_info["ref"].upper()
+    _who, case, _work = await readable_case(request, ref)
+    try:
+        attachment_id = int(request.match_info["attachment_id"])
+    except ValueError:
+        raise HTTPProblem(404, "not_found", "attachment ids are whole numbers") from None
+    row = await switchboard_of(request).store.read(lambda tx: tx.fetchrow(
+        "SELECT a.filename, a.content_type, a.content FROM attachments a JOIN messages m ON m.id = a.message_id "
+        "WHERE a.id = $1 AND m.case_id = $2", attachment_id, case.id))
+    if row is None or row["content"] is None:
+        raise HTTPProblem(404, "not_found", f"no stored attachment {attachment_id} on {ref}")
+    filename = row["filename"].replace('"', "")
+    return web.Response(body=bytes(row["content"]), content_type="application/octet-stream", headers={
+        "Content-Disposition": f'attachment; filename="{filename}"', "X-Content-Type-Options": "nosniff",
+        "X-Original-Content-Type": row["content_type"]})
+
+
+# -- notes, links, merges -------------------------------------------------------------------------------------------
+async def add_note(request: web.Request) -> web.Response:
+    """An internal note: kept on the case, seen by colleagues, never sent to the customer."""
+    ref = request.match_info["ref"].upper()
+    who, case, _work = await readable_case(request, ref)
+    if "agent" not in who.scopes:
+        raise HTTPProblem(403, "forbidden", "notes are written by agents and supervisors")
+    body = await _body(request, "text")
+    author = who.actor if who.is_person else body.get("agent") or who.actor
+    sb = switchboard_of(request)
+    now = sb.clock.now()
+
+    async def unit(tx):
+        note_id = await tx.insert_message(
+            case_id=case.id, direction=Direction.NOTE, channel=case.channel, account=case.account, external_id=None,
+            conversation=None, sender=f"agent:{author}", text=body["text"], meta={"kind": "note", "author": author},
+            at=now)
+        events = await tx.append_events([(case.id, "note.added", {"message_id": note_id, "author": author})],
+                                        author, now)
+        return note_id, events
+
+    note_id, events = await sb.store.write(unit)
+    await sb.after_write(events)
+    return web.json_response({"case": ref, "note_id": note_id}, status=201)
+
+
+async def add_link(request: web.Request) -> web.Response:
+    """Link the cases of the two sides of one task or order, so each side's agent sees the other."""
+    ref = request.match_info["ref"].upper()
+    who, case, work = await readable_case(request, ref)
+    if "agent" not in who.scopes:
+        raise HTTPProblem(403, "forbidden", "cases are linked by agents and supervisors")
+    body = await _body(request, "case")
+    relation = body.get("relation", "other_side")
+    if relation not in RELATIONS:
+        raise HTTPProblem(400, "bad_request", f"relation must be one of {list(RELATIONS)}")
+    other_ref = body["case"].strip().upper()
+    if other_ref == ref:
+        raise HTTPProblem(400, "bad_request", "a case cannot be linked to itself")
+    sb = switchboard_of(request)
+    now = sb.clock.now()
+
+    async def unit(tx):
+        other = await tx.case_by_ref(other_ref)
+        if other is None:
+            raise HTTPProblem(404, "not_found", f"no case {other_ref}")
+        if not await tx.link_cases(case.id, other.id, relation, who.actor, now):
+            return other, []
+        return other, await tx.append_events(
+            [(case.id, "case.linked", {"case": other.ref, "relation": relation}),
+             (other.id, "case.linked", {"case": case.ref, "relation": relation})], who.actor, now)
+
+    other, events = await sb.store.write(unit)
+    await sb.after_write(events)
+    return web.json_response({"case": ref, "linked": other.ref, "relation": relation},
+                             status=201 if events else 200)
+
+
+async def merge(request: web.Request) -> web.Response:
+    """Merge this case into another case of the same customer."""
+    ref = request.match_info["ref"].upper()
+    who = await require(request, "agent")
+    body = await _body(request, "into")
+    sb = switchboard_of(request)
+    for one in (ref, body["into"].strip().upper()):  # the caller must be able to act on both
+        case, work = await sb.store.read(lambda tx, r=one: _case_and_work(tx, r))
+        if case is not None:
+            may_act_on(who, holder=work["agent_id"] if work and case.is_open else None, line=case.line,
+                       team=case.team, ref=one, what="merge")
+    target = await _assigner(request).merge(ref, body["into"].strip().upper(), by=who.actor)
+    return web.json_response({"case": ref, "merged_into": target.ref})
+
+
+async def _case_and_work(tx, ref: str):
+    case = await tx.case_by_ref(ref)
+    return case, (await tx.case_work(case.id) if case is not None else None)
+
+
+async def retry_outbound(request: web.Request) -> web.Response:
+    """Send a failed outbound message again (after fixing the address, or when the channel is back)."""
+    who = await require(request, "agent")
+    try:
+        outbound_id = int(request.match_info["outbound_id"])
+    except ValueError:
+        raise HTTPProblem(404, "not_found", "outbound ids are whole numbers") from None
+    sb = switchboard_of(request)
+    outbound = await sb.store.read(lambda tx: tx.get_outbound(outbound_id))
+    if outbound is None:
+        raise HTTPProblem(404, "not_found", f"no outbound message {outbound_id}")
+    case = await sb.store.read(lambda tx: tx.case_by_id(outbound.case_id))
+    await readable_case(request, case.ref)
+    now = sb.clock.now()
+
+    async def unit(tx):
+        again = await tx.retry_outbound(outbound_id, now)
+        if again is None:
+            current = await tx.get_outbound(outbound_id)
+            raise HTTPProblem(409, "conflict", f"outbound message {outbound_id} is {current.status.value}; only a "
+                                               "failed one can be retried", status=current.status.value)
+        events = await tx.append_events([(again.case_id, "outbound.retry_requested",
+                                          {"outbound_id": outbound_id, "by": who.actor})], who.actor, now)
+        return again, events
+
+    again, events = await sb.store.write(unit)
+    await sb.after_write(events, wake_outbox=True)
+    return web.json_response(outbound_json(again))
+
+
+# -- the console --------------------------------------------------------------------------------------------------------
+STATIC = resources.files("router.web").joinpath("static")
+_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+
+
+async def console_page(request: web.Request) -> web.Response:
+    return _static("console.html")
+
+
+async def console_static(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if "/" in name or name.startswith(".") or not any(name.endswith(s) for s in _TYPES):
+        raise HTTPProblem(404, "not_found", f"no console file {name}")
+    return _static(name)
+
+
+def _static(name: str) -> web.Response:
+    item = STATIC.joinpath(name)
+    with contextlib.suppress(FileNotFoundError):
+        body = item.read_bytes()
+        suffix = name[name.rindex("."):]
+        return web.Response(body=body, content_type=_TYPES[suffix], charset="utf-8", headers={
+            "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+                                       "frame-ancestors 'none'"})
+    raise HTTPProblem(404, "not_found", f"no console file {name}")
+
+
+async def console_redirect(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/console")
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/api/v1/auth/login", login),
+        web.post("/api/v1/auth/logout", logout),
+        web.get("/api/v1/me", me),
+        web.get("/api/v1/me/cases", my_cases),
+        web.get("/api/v1/stream", stream),
+        web.get("/api/v1/cases/{ref}", get_case),
+        web.get("/api/v1/cases/{ref}/attachments/{attachment_id}", get_attachment),
+        web.post("/api/v1/cases/{ref}/notes", add_note),
+        web.post("/api/v1/cases/{ref}/links", add_link),
+        web.post("/api/v1/cases/{ref}/merge", merge),
+        web.post("/api/v1/outbound/{outbound_id}/retry", retry_outbound),
+        web.get("/", console_redirect),
+        web.get("/console", console_page),
+        web.get("/console/static/{name}", console_static),
+    ]
+
+
+__all__ = ["routes", "readable_case", "open_work"]
