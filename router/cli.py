@@ -1,4 +1,4 @@
-"""The `switchboard` command: run a deployment, check its configuration, list its plugins."""
+"""The `switchboard` command: run a deployment, check its configuration, list its plugins, manage accounts."""
 from __future__ import annotations
 
 import argparse
@@ -78,6 +78,21 @@ def _parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--token", default=os.environ.get("SWITCHBOARD_TOKEN"),
                             help="an integration token (default: $SWITCHBOARD_TOKEN)")
     quarantine.add_argument("--all", action="store_true", help="list reprocessed entries too")
+    accounts = with_config(commands.add_parser(
+        "accounts", help="people who sign in: list, add, set passwords, issue and revoke tokens",
+        description="Manage agents', supervisors' and admins' accounts in the deployment's store (--data for "
+        "embedded SQLite, or store: in the config). Passwords are read without echo, or from standard input with "
+        "--password-stdin; a token is printed once and only its hash is kept.",
+    ))
+    accounts.add_argument("action", choices=["list", "add", "passwd", "token", "revoke", "disable", "enable"])
+    accounts.add_argument("id", nargs="?", help="the account (all actions but list)")
+    accounts.add_argument("--data", "-d", default=DEFAULT_DATA, metavar="DIR", help="where the embedded database lives")
+    accounts.add_argument("--name", help="full name (add); a label for the token (token)")
+    accounts.add_argument("--role", choices=["agent", "supervisor", "admin"], default="agent")
+    accounts.add_argument("--agent", help="the agent (agents.yaml) this person works as; default: the id for agents")
+    accounts.add_argument("--line", action="append", default=[], help="a supervisor's line (repeatable)")
+    accounts.add_argument("--team", action="append", default=[], help="a supervisor's team (repeatable)")
+    accounts.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     with_config(commands.add_parser(
         "plugins", help="list loaded plugins, their versions and hooks",
         description="List every plugin Switchboard would load with this configuration: built-ins first, then "
@@ -159,37 +174,119 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    import asyncio
     import json
 
     from router.core.explain import explain_case, format_explanation
-    from router.core.store import make_store
-    from router.core.store.base import StoreUnavailable
 
     config = load_config(args.config)
-    data_dir = Path(args.data)
-    if config.store.backend == "sqlite" and not (data_dir / config.store.sqlite.path).exists():
-        print(f"no database at {data_dir / config.store.sqlite.path}; pass --data DIR of the deployment",
-              file=sys.stderr)
-        return 1
-
-    async def read():
-        store = make_store(config, data_dir)
-        await store.open()
-        try:
-            return await explain_case(store, args.ref.strip().upper())
-        finally:
-            await store.close()
-
-    try:
-        found = asyncio.run(read())
-    except StoreUnavailable as exc:
-        print(f"cannot read the store: {exc}", file=sys.stderr)
+    ok, found = _on_store(config, Path(args.data), lambda store: explain_case(store, args.ref.strip().upper()))
+    if not ok:
         return 1
     if found is None:
         print(f"no case {args.ref.upper()}", file=sys.stderr)
         return 1
     print(json.dumps(found, indent=2, ensure_ascii=False) if args.json else format_explanation(found))
+    return 0
+
+
+def _on_store(config, data_dir: Path, work, *, create: bool = False):
+    """Run `work(store)` on the deployment's store: (True, its result), or (False, None) after saying why not."""
+    import asyncio
+
+    from router.core.store import make_store
+    from router.core.store.base import StoreUnavailable
+
+    if config.store.backend == "sqlite" and not create and not (data_dir / config.store.sqlite.path).exists():
+        print(f"no database at {data_dir / config.store.sqlite.path}; pass --data DIR of the deployment",
+              file=sys.stderr)
+        return False, None
+
+    async def run():
+        store = make_store(config, data_dir)
+        await store.open()
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return True, asyncio.run(run())
+    except StoreUnavailable as exc:
+        print(f"cannot use the store: {exc}", file=sys.stderr)
+        return False, None
+
+
+def _password(args: argparse.Namespace) -> str:
+    import getpass
+
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass(f"password for {args.id}: ")
+    if getpass.getpass("again: ") != first:
+        raise SystemExit("the two passwords differ; nothing changed")
+    return first
+
+
+def cmd_accounts(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from router.core import accounts as acc
+
+    config = load_config(args.config)
+    data_dir = Path(args.data)
+    now = datetime.now(timezone.utc)
+    if args.action != "list" and not args.id:
+        print(f"accounts {args.action} needs the account id", file=sys.stderr)
+        return 2
+
+    async def work(store):
+        if args.action == "list":
+            return [(row, len([t for t in await store.read(lambda tx, i=row["id"]: tx.tokens_of(i))
+                               if t["revoked_at"] is None])) for row in await store.read(lambda tx: tx.accounts())]
+        row = await store.read(lambda tx: tx.account(args.id))
+        if args.action == "add":
+            if row is not None:
+                raise acc.AccountError(409, "conflict", f"account {args.id!r} exists; use passwd to change its password")
+            agent = args.agent or (args.id if args.role == "agent" else None)
+            if agent is not None and agent not in {a.id for a in config.agents} and agent not in {
+                    r["id"] for r in await store.read(lambda tx: tx.agents())}:
+                raise acc.AccountError(400, "bad_request", f"no agent {agent!r}; an agent account works as an agent "
+                                                           "of agents.yaml (or one added through the API)")
+            await acc.put_account(store, args.id, name=args.name or args.id, role=args.role, agent_id=agent,
+                                  lines=args.line, teams=args.team, password=_password(args), at=now)
+            return f"added {args.role} {args.id}" + (f" (works as agent {agent})" if agent else "")
+        if row is None:
+            raise acc.AccountError(404, "not_found", f"no account {args.id!r}")
+        if args.action == "passwd":
+            await acc.put_account(store, args.id, name=row["name"], role=row["role"], agent_id=row["agent_id"],
+                                  lines=row["lines"], teams=row["teams"], password=_password(args), at=now)
+            revoked = await store.write(lambda tx: tx.revoke_token(account_id=args.id, at=now))
+            return f"password of {args.id} changed; {revoked} token(s) and session(s) revoked"
+        if args.action == "token":
+            token = acc.TOKEN_PREFIX["api"] + __import__("secrets").token_urlsafe(32)
+            await store.write(lambda tx: tx.insert_token(args.id, "api", args.name, acc.token_digest(token), now, None))
+            return token
+        if args.action == "revoke":
+            revoked = await store.write(lambda tx: tx.revoke_token(account_id=args.id, at=now))
+            return f"{revoked} token(s) and session(s) of {args.id} revoked"
+        await store.write(lambda tx: tx.set_account_disabled(args.id, now if args.action == "disable" else None))
+        return f"{args.id} {args.action}d"
+
+    try:
+        ok, result = _on_store(config, data_dir, work, create=args.action == "add")
+    except acc.AccountError as exc:
+        print(exc.detail, file=sys.stderr)
+        return 1
+    if not ok:
+        return 1
+    if args.action == "list":
+        for row, tokens in result:
+            state = "disabled" if row["disabled_at"] else "active"
+            scope = ",".join(row["lines"] + row["teams"]) or "-"
+            print(f"{row['id']:<20} {row['role']:<10} agent={row['agent_id'] or '-':<12} scope={scope:<20} "
+                  f"{state:<8} tokens={tokens} source={row['source']}  {row['name']}")
+    else:
+        print(result)
     return 0
 
 
@@ -297,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = {"run": cmd_run, "check": cmd_check, "plugins": cmd_plugins, "route": cmd_route,
-               "explain": cmd_explain, "quarantine": cmd_quarantine}[args.command]
+               "explain": cmd_explain, "quarantine": cmd_quarantine, "accounts": cmd_accounts}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:

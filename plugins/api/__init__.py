@@ -77,4 +77,11 @@ def switchboard_deliver(outbound, switchboard):
     if integration is None:
         return DeliveryResult.permanent(f"no integration named {outbound.account!r} any more")
     session = switchboard.stash.setdefault(HTTP_SESSION, aiohttp.ClientSession)
-    return post_webhook(session, integration, outbound)
+
+    async def deliver():
+        attachments = []
+        if outbound.message_id is not None:  # an agent's files go with the reply, base64 in the JSON
+            attachments = await switchboard.store.read(lambda tx: tx.attachment_contents(outbound.message_id))
+        return await post_webhook(session, integration, outbound, attachments)
+
+    return deliver()

@@ -1,10 +1,12 @@
 """The API channel's outbound side: signed webhook POSTs to the integration."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
 import time
+from typing import Sequence
 
 import aiohttp
 
@@ -32,7 +34,7 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, toleranc
     return age <= tolerance and hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
-def webhook_body(outbound: Outbound) -> bytes:
+def webhook_body(outbound: Outbound, attachments: Sequence[tuple[str, str, bytes]] = ()) -> bytes:
     external_id = outbound.meta.get("in_reply_to") or ""
     return json.dumps(
         {
@@ -46,6 +48,8 @@ def webhook_body(outbound: Outbound) -> bytes:
             "in_reply_to": external_id.split("/", 1)[1] if "/" in external_id else external_id or None,
             "conversation": outbound.meta.get("conversation"),
             "language": outbound.meta.get("language"),
+            "attachments": [{"filename": name, "content_type": kind, "size": len(content),
+                             "content": base64.b64encode(content).decode()} for name, kind, content in attachments],
         },
         ensure_ascii=False,
         separators=(",", ":"),
@@ -53,12 +57,13 @@ def webhook_body(outbound: Outbound) -> bytes:
 
 
 async def post_webhook(
-    session: aiohttp.ClientSession, integration: IntegrationConfig, outbound: Outbound
+    session: aiohttp.ClientSession, integration: IntegrationConfig, outbound: Outbound,
+    attachments: Sequence[tuple[str, str, bytes]] = (),
 ) -> DeliveryResult:
     webhook = integration.webhook
     if webhook is None:
         return DeliveryResult.permanent(f"integration {integration.name!r} has no webhook to deliver to")
-    body = webhook_body(outbound)
+    body = webhook_body(outbound, attachments)
     timestamp = str(int(time.time()))
     headers = {
         "Content-Type": "application/json",

@@ -10,6 +10,7 @@ the store only. An account changed through the CLI keeps the CLI's version (sour
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import secrets
@@ -109,31 +110,42 @@ class Accounts:
         """Write config's accounts to the store (passwords hashed; unchanged ones are not hashed again)."""
         now = self.sb.clock.now()
         stored = {row["id"]: row for row in await self.sb.store.read(lambda tx: tx.accounts())}
-        for account in self.sb.config.accounts:
-            row = stored.get(account.id)
-            if row is not None and row["source"] != "config":
-                continue  # changed with the CLI since: the store's copy wins
-            password_hash = account.password_hash
-            if account.password is not None:
-                password = account.password.get()
-                if row is None or not _verifies(row["password_hash"], password):
-                    password_hash = hash_password(password)
-            agent = account.agent or (account.id if account.role == "agent" else None)
-            await self.sb.store.write(lambda tx, a=account, h=password_hash, ag=agent: tx.put_account(
-                a.id, name=a.name, role=a.role, agent_id=ag, lines=a.lines, teams=a.teams, password_hash=h,
-                source="config", at=now))
+        # Accounts changed with the CLI since keep the store's copy.
+        wanted = [a for a in self.sb.config.accounts if stored.get(a.id) is None or stored[a.id]["source"] == "config"]
+
+        async def password_hash(account) -> str | None:
+            if account.password is None:
+                return account.password_hash
+            password, row = account.password.get(), stored.get(account.id)
+            if row is not None and await asyncio.to_thread(_verifies, row["password_hash"], password):
+                return None  # unchanged: keep the stored hash
+            return await asyncio.to_thread(hash_password, password)
+
+        hashes = await asyncio.gather(*(password_hash(a) for a in wanted))
+
+        async def unit(tx):
+            for account, hashed in zip(wanted, hashes):
+                agent = account.agent or (account.id if account.role == "agent" else None)
+                await tx.put_account(account.id, name=account.name, role=account.role, agent_id=agent,
+                                     lines=account.lines, teams=account.teams, password_hash=hashed, source="config",
+                                     at=now)
+
+        if wanted:
+            await self.sb.store.write(unit)
 
     async def login(self, account_id: str, password: str) -> tuple[str, Principal]:
         """Check a password; a new session token (shown once) and who it is for. 401 for any mismatch."""
         row = await self.sb.store.read(lambda tx: tx.account(account_id))
         stored_hash = row["password_hash"] if row is not None and row["password_hash"] else _DUMMY_HASH
-        if not _verifies(stored_hash, password) or row is None or row["disabled_at"] is not None:
+        # argon2 takes a tenth of a second on purpose: off the event loop, so streams and offers do not wait.
+        if not await asyncio.to_thread(_verifies, stored_hash, password) or row is None \
+                or row["disabled_at"] is not None:
             raise AccountError(401, "unauthorized", "wrong account or password")
-        if _hasher.check_needs_rehash(stored_hash):
+        if _hasher.check_needs_rehash(stored_hash):  # stronger parameters since: re-hash while we know it
+            rehashed = await asyncio.to_thread(_hasher.hash, password)
             await self.sb.store.write(lambda tx: tx.put_account(
                 row["id"], name=row["name"], role=row["role"], agent_id=row["agent_id"], lines=row["lines"],
-                teams=row["teams"], password_hash=_hasher.hash(password), source=row["source"],
-                at=self.sb.clock.now()))
+                teams=row["teams"], password_hash=rehashed, source=row["source"], at=self.sb.clock.now()))
         token = await self.issue(account_id, "session", None)
         return token, principal_of(row, "session")
 

@@ -6,6 +6,8 @@ any case of their lines and teams. Integrations call it with scopes — `read` t
 agent they name in the body, `supervise` to change agents and move cases."""
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any
 
@@ -146,7 +148,7 @@ async def open_work(request: web.Request) -> CaseWork:
                                                "continue there", merged_into=into.ref if into else None) from None
         raise HTTPProblem(409, "conflict", f"{ref} is {case.status.value}"
                           + ("; reopen it first" if case.status == CaseStatus.RESOLVED else ""),
-                          status=case.status.value) from None
+                          state=case.status.value) from None
 
 
 def _holder(work: CaseWork) -> str | None:
@@ -174,11 +176,10 @@ async def reply(request: web.Request) -> web.Response:
         problems.append({"field": "waiting_customer", "problem": "true or false"})
     attachments, to = [], None
     try:
-        attachments = [Attachment.model_validate(a) for a in body.get("attachments") or []]
-    except (ValidationError, TypeError):
-        problems.append({"field": "attachments", "problem": "a list of {filename, content_type, content (base64)}"})
-    if any(a.content is None for a in attachments):
-        problems.append({"field": "attachments", "problem": "each attachment needs its content (base64)"})
+        attachments = [_attachment(a) for a in body.get("attachments") or []]
+    except (ValidationError, TypeError, ValueError, binascii.Error):
+        problems.append({"field": "attachments",
+                         "problem": "a list of {filename, content_type, content} with the content in base64"})
     if body.get("to"):
         kind, _, value = str(body["to"]).partition(":")
         try:
@@ -192,6 +193,12 @@ async def reply(request: web.Request) -> web.Response:
                                                  attachments=attachments, to=to)
     return web.json_response({"case": work.case.ref, "status": work.case.status.value,
                               "outbound_id": outbound_id or None}, status=201)
+
+
+def _attachment(item: Any) -> Attachment:
+    content = base64.b64decode(item["content"], validate=True)
+    return Attachment.model_validate({**{k: v for k, v in item.items() if k != "content"}, "content": content,
+                                      "size": len(content)})
 
 
 async def set_status(request: web.Request) -> web.Response:

@@ -71,9 +71,11 @@ async def overview(request: web.Request) -> web.Response:
 
 
 def _agent_in_scope(who, definition) -> bool:
+    """An agent works for a supervisor when they share a line or a team (an agent without lines works all)."""
     if who.covers(None, None):
         return True
-    return bool(set(who.lines) & set(definition.lines) or set(who.teams) & set(definition.teams))
+    return bool(not definition.lines and who.lines or set(who.lines) & set(definition.lines)
+                or set(who.teams) & set(definition.teams))
 
 
 def _period(request: web.Request, default: timedelta) -> tuple[datetime, datetime]:

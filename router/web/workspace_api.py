@@ -306,7 +306,7 @@ async def retry_outbound(request: web.Request) -> web.Response:
         if again is None:
             current = await tx.get_outbound(outbound_id)
             raise HTTPProblem(409, "conflict", f"outbound message {outbound_id} is {current.status.value}; only a "
-                                               "failed one can be retried", status=current.status.value)
+                                               "failed one can be retried", state=current.status.value)
         events = await tx.append_events([(again.case_id, "outbound.retry_requested",
                                           {"outbound_id": outbound_id, "by": who.actor})], who.actor, now)
         return again, events

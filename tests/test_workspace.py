@@ -1,0 +1,509 @@
+"""The agent workspace over HTTP, as people use it: signing in, the live stream (and catching up after a
+reconnect), reading and working cases, who may do what, transfers, merges, links, notes, failed deliveries,
+CSAT surveys and the supervisor's views. Real stores (both backends), a real server and a real webhook."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import io
+import json
+from datetime import timedelta
+
+import pytest
+
+from router.core.assigner import ASSIGNER
+from router.core.clock import ManualClock
+from tests.conftest import TOKEN, auth, make_config, webhook_integration
+from tests.core.test_assignment import MONDAY, agent, sections
+
+PASSWORD = "correct horse battery"
+
+
+def workspace_config(receiver_url="http://127.0.0.1:9/unused", **over):
+    import os
+
+    os.environ["SB_TEST_ANNA_PASSWORD"] = PASSWORD
+    data = sections([agent("anna"), agent("bruno"), agent("carla", teams=("quality",)),
+                     agent("dario", teams=("general",), lines=("courier",))])
+    data["teams"]["quality"] = {"tier": "L1"}
+    data["integrations"] = [webhook_integration(receiver_url, scopes=["ingest", "read", "supervise"])]
+    data["accounts"] = [
+        {"id": "anna", "name": "Anna", "password": {"$env": "SB_TEST_ANNA_PASSWORD"}},
+        {"id": "bruno", "name": "Bruno"},
+        {"id": "carla", "name": "Carla"},
+        {"id": "dario", "name": "Dario"},
+        {"id": "pia", "name": "Pia", "role": "supervisor", "lines": ["poster"]},
+        {"id": "cora", "name": "Cora", "role": "supervisor", "lines": ["courier"]},
+    ]
+    data.update(over)
+    return make_config(**data)
+
+
+class Desk:
+    """The test's seat at the workspace: tokens for everyone, customers writing in, streams to read."""
+
+    def __init__(self, h, receiver):
+        self.h, self.sb, self.client, self.receiver = h, h.sb, h.client, receiver
+        self.tokens: dict[str, str] = {}
+        self.n = 0
+
+    async def setup(self):
+        for account in ("anna", "bruno", "carla", "dario", "pia", "cora"):
+            self.tokens[account] = await self.sb.accounts.issue(account, "api", "tests")
+        return self
+
+    def as_(self, account):
+        return auth(self.tokens[account])
+
+    async def online(self, *agents):
+        for name in agents:
+            response = await self.client.put("/api/v1/me/presence", headers=self.as_(name), json={"presence": "online"})
+            assert response.status == 200, await response.text()
+
+    async def customer_writes(self, text="My payout did not arrive", sender="ada@example.com", role="poster",
+                              **extra):
+        self.n += 1
+        response = await self.client.post("/api/v1/messages", headers=auth(TOKEN), json={
+            "external_id": f"m{self.n}", "sender": {"kind": "email", "value": sender}, "text": text,
+            "language": "en", "context": {"role": role}, **extra})
+        assert response.status in (200, 202), await response.text()
+        await self.settle()
+        return (await response.json())["case"]["ref"]
+
+    async def settle(self):
+        await self.sb.stash[ASSIGNER].settle()
+
+    def offer_of(self, ref):
+        assigner = self.sb.stash[ASSIGNER]
+        return next(o for o in assigner.offers.values() if assigner.cases[o.case_id].case.ref == ref)
+
+    async def take(self, name, ref):
+        """`name` accepts the offer of `ref` (which must be theirs)."""
+        offer = self.offer_of(ref)
+        assert offer.agent_id == name, f"{ref} was offered to {offer.agent_id}, not {name}"
+        response = await self.client.post(f"/api/v1/offers/{offer.id}/accept", headers=self.as_(name), json={})
+        assert response.status == 200, await response.text()
+
+    async def case(self, ref, who="pia"):
+        response = await self.client.get(f"/api/v1/cases/{ref}", headers=self.as_(who))
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+    async def deliveries(self, kind, count=1):
+        """Webhook bodies of this kind, once `count` of them arrived (the server's outbox delivers them)."""
+        for _ in range(200):
+            await self.sb.outbox.run_once()
+            found = [b for b in (json.loads(r["body"]) for r in self.receiver.requests) if b["kind"] == kind]
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no {kind} delivery arrived; got {[r['body'][:80] for r in self.receiver.requests]}")
+
+
+@pytest.fixture
+async def desk(http_factory, webhook_receiver):
+    h = await http_factory(workspace_config(webhook_receiver.url), clock=ManualClock(MONDAY))
+    return await Desk(h, webhook_receiver).setup()
+
+
+class Stream:
+    """A live stream read like a browser's EventSource does: frames with ids, resumable with Last-Event-ID."""
+
+    def __init__(self, response):
+        self.response = response
+        self.buffer = b""
+
+    @classmethod
+    async def open(cls, client, headers, last_id=None):
+        if last_id is not None:
+            headers = {**headers, "Last-Event-ID": str(last_id)}
+        response = await client.get("/api/v1/stream", headers=headers)
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/event-stream")
+        return cls(response)
+
+    async def next(self, timeout=5.0):
+        while b"\n\n" not in self.buffer:
+            self.buffer += await asyncio.wait_for(self.response.content.readany(), timeout)
+        raw, self.buffer = self.buffer.split(b"\n\n", 1)
+        fields = dict(line.split(": ", 1) for line in raw.decode().splitlines() if not line.startswith(":")
+                      and ": " in line)
+        if "data" not in fields:  # the greeting (retry: ...) and comments carry no event
+            return await self.next(timeout)
+        return {"id": int(fields["id"]) if "id" in fields else None, "event": fields.get("event"),
+                "data": json.loads(fields["data"]) if "data" in fields else None}
+
+    async def until(self, event_type, timeout=5.0, **match):
+        seen = []
+        while True:
+            frame = await self.next(timeout)
+            seen.append(frame)
+            if frame["event"] == event_type and all(frame["data"]["data"].get(k) == v for k, v in match.items()):
+                return frame, seen
+
+    def close(self):
+        self.response.close()
+
+
+# -- signing in ---------------------------------------------------------------------------------------------------
+async def test_login_sets_a_session_that_works_until_logout(desk):
+    client = desk.client
+    wrong = await client.post("/api/v1/auth/login", json={"account": "anna", "password": "nope-nope"})
+    nobody = await client.post("/api/v1/auth/login", json={"account": "ghost", "password": "nope-nope"})
+    assert wrong.status == nobody.status == 401
+    assert (await wrong.json())["detail"] == (await nobody.json())["detail"] == "wrong account or password"
+    no_password = await client.post("/api/v1/auth/login", json={"account": "bruno", "password": "anything-at-all"})
+    assert no_password.status == 401  # an account without a password cannot sign in with one
+
+    ok = await client.post("/api/v1/auth/login", json={"account": "anna", "password": PASSWORD})
+    assert ok.status == 200
+    assert "sb_session" in ok.cookies and ok.cookies["sb_session"]["httponly"]
+    me = await (await client.get("/api/v1/me")).json()  # the cookie jar carries the session
+    assert me["account"]["role"] == "agent" and me["agent"]["presence"] == "offline"
+    # A change made with the cookie but without the console's header is refused (cross-site request forgery).
+    forged = await client.put("/api/v1/me/presence", json={"presence": "online"})
+    assert forged.status == 403 and "X-Requested-With" in (await forged.json())["detail"]
+    honest = await client.put("/api/v1/me/presence", json={"presence": "online"},
+                              headers={"X-Requested-With": "switchboard"})
+    assert honest.status == 200 and (await honest.json())["presence"] == "online"
+    out = await client.post("/api/v1/auth/logout", headers={"X-Requested-With": "switchboard"})
+    assert out.status == 204
+    token = (await ok.json())["token"]
+    after = await client.get("/api/v1/me", headers=auth(token))
+    assert after.status == 401  # the session was revoked, not only the cookie dropped
+
+
+async def test_tokens_stop_working_when_revoked_or_the_account_is_disabled(desk):
+    client = desk.client
+    assert (await client.get("/api/v1/me", headers=desk.as_("bruno"))).status == 200
+    await desk.sb.store.write(lambda tx: tx.set_account_disabled("bruno", desk.sb.clock.now()))
+    desk.sb.accounts._cache.clear()  # another node would notice within the cache time; this one at once
+    assert (await client.get("/api/v1/me", headers=desk.as_("bruno"))).status == 401
+    assert (await client.get("/api/v1/me", headers=auth("sbp_made-up"))).status == 401
+
+
+# -- the live stream -----------------------------------------------------------------------------------------------------
+async def test_an_offer_arrives_on_the_agents_stream_and_nobody_elses(desk):
+    await desk.online("anna")
+    anna = await Stream.open(desk.client, desk.as_("anna"))
+    bruno = await Stream.open(desk.client, desk.as_("bruno"))
+    ref = await desk.customer_writes()
+    frame, _ = await anna.until("offer.created")
+    assert frame["data"]["case"]["ref"] == ref and frame["data"]["data"]["chosen"] == "anna"
+    assert frame["data"]["case"]["subject"] is None and frame["data"]["case"]["line"] == "poster"
+    with pytest.raises(asyncio.TimeoutError):  # bruno is offline and was offered nothing: he sees nothing of it
+        while True:
+            got = await bruno.next(timeout=0.3)
+            assert got["data"]["case"] is None or got["data"]["case"]["ref"] != ref
+    anna.close()
+    bruno.close()
+
+
+async def test_a_reconnecting_stream_gets_what_it_missed_once_and_in_order(desk):
+    await desk.online("anna")
+    stream = await Stream.open(desk.client, desk.as_("anna"))
+    first = await desk.customer_writes(sender="one@example.com")
+    offer, _ = await stream.until("offer.created")
+    stream.close()  # the laptop sleeps; meanwhile the case is accepted elsewhere and the customer writes again
+    await desk.take("anna", first)
+    await desk.customer_writes("Any news?", sender="one@example.com")
+    second = await desk.customer_writes(sender="two@example.com")
+    again = await Stream.open(desk.client, desk.as_("anna"), last_id=offer["id"])
+    accepted, before = await again.until("assignment.accepted")
+    received, _ = await again.until("message.received")
+    new_offer, _ = await again.until("offer.created")
+    assert new_offer["data"]["case"]["ref"] == second
+    ids = [f["id"] for f in [*before, received, new_offer]]
+    assert ids == sorted(set(ids)) and ids[0] > offer["id"]  # nothing twice, nothing older, in log order
+    assert received["data"]["case"]["ref"] == first
+    # Live events still follow the replay.
+    await desk.client.post(f"/api/v1/cases/{first}/notes", headers=desk.as_("anna"), json={"text": "checking"})
+    note, _ = await again.until("note.added")
+    assert note["id"] > new_offer["id"]
+    again.close()
+
+
+async def test_a_supervisor_streams_their_lines_only(desk):
+    await desk.online("anna", "dario")
+    pia = await Stream.open(desk.client, desk.as_("pia"))
+    courier = await desk.customer_writes(sender="c@example.com", role="courier")
+    poster = await desk.customer_writes(sender="p@example.com", role="poster")
+    frame, seen = await pia.until("offer.created")
+    assert frame["data"]["case"]["ref"] == poster
+    assert all((f["data"]["case"] or {}).get("ref") != courier for f in seen)
+    pia.close()
+
+
+# -- working a case ---------------------------------------------------------------------------------------------------------
+async def test_agent_reads_the_whole_case_replies_with_a_file_and_notes_stay_inside(desk):
+    await desk.online("anna")
+    ref = await desk.customer_writes()
+    await desk.take("anna", ref)
+    await desk.customer_writes("Also my invoice is wrong")  # same customer, same open case
+    note = await desk.client.post(f"/api/v1/cases/{ref}/notes", headers=desk.as_("anna"),
+                                  json={"text": "Customer is a gold member, be gentle"})
+    assert note.status == 201
+    pdf = b"%PDF-1.4 receipt"
+    reply = await desk.client.post(f"/api/v1/cases/{ref}/replies", headers=desk.as_("anna"), json={
+        "text": "Here is your receipt.", "attachments": [
+            {"filename": "receipt.pdf", "content_type": "application/pdf", "content": base64.b64encode(pdf).decode()}]})
+    assert reply.status == 201, await reply.text()
+    [sent] = await desk.deliveries("reply")
+    assert sent["text"] == "Here is your receipt."
+    assert [(a["filename"], base64.b64decode(a["content"])) for a in sent["attachments"]] == [("receipt.pdf", pdf)]
+    assert all("gold member" not in r["body"].decode() for r in desk.receiver.requests)  # the note was not sent
+    case = await desk.case(ref, who="anna")
+    directions = [m["direction"] for m in case["messages"]]
+    assert directions == ["in", "out", "in", "note", "out"]  # message, acknowledgement, message, note, reply
+    assert case["messages"][4]["attachments"][0]["filename"] == "receipt.pdf"
+    reply_out = next(o for o in case["outbound"] if o["kind"] == "reply")
+    assert reply_out["status"] == "sent" and reply_out["message_id"] == case["messages"][4]["id"]
+    types = [e["type"] for e in case["events"]]
+    assert "note.added" in types and "message.sent" in types
+    attachment_id = case["messages"][4]["attachments"][0]["id"]
+    download = await desk.client.get(f"/api/v1/cases/{ref}/attachments/{attachment_id}", headers=desk.as_("anna"))
+    assert download.status == 200 and await download.read() == pdf
+
+
+async def test_someone_elses_case_is_refused_with_a_reason(desk):
+    await desk.online("anna")
+    ref = await desk.customer_writes()
+    await desk.take("anna", ref)
+    client = desk.client
+    read = await client.get(f"/api/v1/cases/{ref}", headers=desk.as_("bruno"))
+    assert read.status == 403 and "not yours" in (await read.json())["detail"]
+    reply = await client.post(f"/api/v1/cases/{ref}/replies", headers=desk.as_("bruno"), json={"text": "hi"})
+    body = await reply.json()
+    assert reply.status == 403 and "held by anna" in body["detail"]
+    as_anna = await client.post(f"/api/v1/cases/{ref}/replies", headers=desk.as_("bruno"),
+                                json={"text": "hi", "agent": "anna"})
+    assert as_anna.status == 403  # nobody acts in a colleague's name
+    cora = await client.post(f"/api/v1/cases/{ref}/status", headers=desk.as_("cora"), json={"status": "resolved"})
+    assert cora.status == 403  # a courier-line supervisor has no say on a poster case
+    pia = await client.post(f"/api/v1/cases/{ref}/status", headers=desk.as_("pia"), json={"status": "resolved"})
+    assert pia.status == 200  # the poster-line supervisor does
+    listing = await client.get("/api/v1/cases", headers=desk.as_("anna"))
+    assert listing.status == 403  # agents see their own cases, not the whole store
+
+
+async def test_stale_actions_answer_409_with_the_current_state(desk):
+    await desk.online("anna")
+    ref = await desk.customer_writes()
+    offer = desk.offer_of(ref)
+    desk.h.clock.advance(timedelta(minutes=2))  # the offer times out (60 s)
+    await desk.sb.stash[ASSIGNER].tick()
+    late = await desk.client.post(f"/api/v1/offers/{offer.id}/accept", headers=desk.as_("anna"), json={})
+    assert late.status == 409 and "not pending" in (await late.json())["detail"]
+
+
+async def test_transfer_to_a_colleague_reopen_and_close(desk):
+    await desk.online("anna", "bruno")
+    ref = await desk.customer_writes()
+    holder = desk.offer_of(ref).agent_id
+    other = "bruno" if holder == "anna" else "anna"
+    await desk.take(holder, ref)
+    stream = await Stream.open(desk.client, desk.as_(other))
+    moved = await desk.client.post(f"/api/v1/cases/{ref}/transfer", headers=desk.as_(holder),
+                                   json={"agent": other, "reason": "speaks the customer's dialect"})
+    assert moved.status == 200 and (await moved.json())["agent"] == other
+    frame, _ = await stream.until("case.transferred")
+    assert frame["data"]["data"]["from_agent"] == holder
+    stream.close()
+    gone = await desk.client.post(f"/api/v1/cases/{ref}/replies", headers=desk.as_(holder), json={"text": "x"})
+    assert gone.status == 403
+    await desk.client.put("/api/v1/me/presence", headers=desk.as_(holder), json={"presence": "offline"})
+    offline = await desk.client.post(f"/api/v1/cases/{ref}/transfer", headers=desk.as_(other),
+                                     json={"agent": holder, "reason": "back"})
+    assert offline.status == 409 and "offline" in (await offline.json())["detail"]
+    resolved = await desk.client.post(f"/api/v1/cases/{ref}/status", headers=desk.as_(other),
+                                      json={"status": "resolved"})
+    assert resolved.status == 200
+    again = await desk.client.post(f"/api/v1/cases/{ref}/replies", headers=desk.as_(other), json={"text": "x"})
+    assert again.status == 409 and "reopen it first" in (await again.json())["detail"]
+    reopened = await desk.client.post(f"/api/v1/cases/{ref}/reopen", headers=desk.as_(other),
+                                      json={"reason": "customer called back"})
+    assert reopened.status == 200 and (await reopened.json())["status"] == "queued"
+    await desk.settle()
+    assert desk.offer_of(ref).agent_id == other  # back in the queue and offered again
+    await desk.client.post(f"/api/v1/cases/{ref}/status", headers=desk.as_("pia"), json={"status": "resolved"})
+    closed = await desk.client.post(f"/api/v1/cases/{ref}/status", headers=desk.as_("pia"), json={"status": "closed"})
+    assert closed.status == 200 and (await desk.case(ref))["case"]["status"] == "closed"
+
+
+async def test_merge_two_cases_of_one_customer_and_refuse_strangers(desk):
+    await desk.online("anna")
+    first = await desk.customer_writes("My payout is late", thread={"new_conversation": True})
+    second = await desk.customer_writes("Also the app crashes", thread={"new_conversation": True})
+    stranger = await desk.customer_writes("Hello", sender="zed@example.com")
+    assert len({first, second, stranger}) == 3
+    refused = await desk.client.post(f"/api/v1/cases/{second}/merge", headers=desk.as_("pia"), json={"into": stranger})
+    assert refused.status == 409 and "different customers" in (await refused.json())["detail"]
+    merged = await desk.client.post(f"/api/v1/cases/{second}/merge", headers=desk.as_("pia"), json={"into": first})
+    assert merged.status == 200, await merged.text()
+    target = await desk.case(first)
+    texts = [m["text"] for m in target["messages"] if m["direction"] == "in"]
+    assert texts == ["My payout is late", "Also the app crashes"]
+    source = await desk.case(second)
+    assert source["case"]["status"] == "closed" and source["case"]["merged_into"] == first
+    late = await desk.client.post(f"/api/v1/cases/{second}/replies", headers=desk.as_("pia"), json={"text": "x"})
+    assert late.status == 409 and first in (await late.json())["detail"]
+    # The customer quoting the old reference lands in the merged case.
+    await desk.customer_writes("About my request", thread={"case_ref": second})
+    assert [m["text"] for m in (await desk.case(first))["messages"] if m["direction"] == "in"][-1] == "About my request"
+
+
+async def test_linked_sides_of_an_order_see_each_other(desk):
+    await desk.online("anna", "dario")
+    poster = await desk.customer_writes("The tasker never came", sender="poster@example.com", role="poster")
+    courier = await desk.customer_writes("Customer was not home", sender="driver@example.com", role="courier")
+    await desk.take(desk.offer_of(poster).agent_id, poster)
+    await desk.take("dario", courier)
+    poster_agent = (await desk.case(poster))["case"]["agent"]
+    before = await desk.client.get(f"/api/v1/cases/{courier}", headers=desk.as_(poster_agent))
+    assert before.status == 403
+    link = await desk.client.post(f"/api/v1/cases/{poster}/links", headers=desk.as_(poster_agent),
+                                  json={"case": courier, "relation": "other_side"})
+    assert link.status == 201
+    after = await desk.client.get(f"/api/v1/cases/{courier}", headers=desk.as_(poster_agent))
+    assert after.status == 200
+    assert (await after.json())["links"][0]["ref"] == poster
+    assert [link["ref"] for link in (await desk.case(poster, who="dario"))["links"]] == [courier]
+
+
+async def test_a_rejected_delivery_shows_as_failed_and_can_be_retried(desk):
+    await desk.online("anna")
+    ref = await desk.customer_writes()
+    await desk.deliveries("ack")
+    await desk.take("anna", ref)
+    desk.receiver.script = [400]  # the integration refuses the reply: a permanent failure
+    await desk.client.post(f"/api/v1/cases/{ref}/replies", headers=desk.as_("anna"), json={"text": "Fixed!"})
+    for _ in range(100):
+        await desk.sb.outbox.run_once()
+        case = await desk.case(ref, who="anna")
+        failed = [o for o in case["outbound"] if o["kind"] == "reply" and o["status"] == "failed"]
+        if failed:
+            break
+        await asyncio.sleep(0.02)
+    assert failed and "400" in failed[0]["last_error"]
+    assert "outbound.failed" in [e["type"] for e in case["events"]]
+    retry = await desk.client.post(f"/api/v1/outbound/{failed[0]['id']}/retry", headers=desk.as_("anna"), json={})
+    assert retry.status == 200 and (await retry.json())["status"] == "pending"
+    twice = await desk.client.post(f"/api/v1/outbound/{failed[0]['id']}/retry", headers=desk.as_("anna"), json={})
+    assert twice.status == 409
+    [delivered] = [d for d in await desk.deliveries("reply", 2) if d["delivery_id"] == failed[0]["id"]][-1:]
+    assert delivered["text"] == "Fixed!"
+
+
+async def test_reply_on_another_identity_of_the_customer(desk):
+    await desk.online("anna")
+    ref = await desk.customer_writes(sender="ada@example.com",
+                                     linked_identities=[{"kind": "email", "value": "ada.work@example.com"}])
+    await desk.customer_writes("from work", sender="ada.work@example.com", thread={"case_ref": ref})
+    await desk.take("anna", ref)
+    unknown = await desk.client.post(f"/api/v1/cases/{ref}/replies", headers=desk.as_("anna"),
+                                     json={"text": "hi", "to": "email:someone@else.com"})
+    assert unknown.status == 400 and "never wrote from" in (await unknown.json())["detail"]
+    ok = await desk.client.post(f"/api/v1/cases/{ref}/replies", headers=desk.as_("anna"),
+                                json={"text": "hi home", "to": "email:ada@example.com"})
+    assert ok.status == 201
+    [sent] = await desk.deliveries("reply")
+    assert sent["recipient"] == {"kind": "email", "value": "ada@example.com"}  # not the last one written from
+
+
+# -- CSAT ---------------------------------------------------------------------------------------------------------------------
+async def test_a_low_score_is_recorded_and_opens_a_quality_follow_up(desk):
+    await desk.online("anna", "carla")
+    ref = await desk.customer_writes()
+    await desk.take(desk.offer_of(ref).agent_id, ref)
+    agent_id = (await desk.case(ref))["case"]["agent"]
+    await desk.client.post(f"/api/v1/cases/{ref}/replies", headers=desk.as_(agent_id), json={"text": "Done."})
+    await desk.client.post(f"/api/v1/cases/{ref}/status", headers=desk.as_(agent_id), json={"status": "resolved"})
+    [survey] = await desk.deliveries("csat")
+    assert ref in survey["text"] and "1" in survey["text"] and "5" in survey["text"]
+    await desk.customer_writes("2 - it took far too long")
+    case = await desk.case(ref)
+    assert case["case"]["status"] == "resolved"  # an answer does not reopen the case
+    assert case["survey"]["score"] == 2 and case["survey"]["comment"] == "it took far too long"
+    [link] = case["links"]
+    assert link["relation"] == "followup"
+    follow = await desk.case(link["ref"])
+    assert (follow["case"]["team"], follow["case"]["related_case"]) == ("quality", ref)
+    assert "rated" in follow["messages"][0]["text"] and follow["messages"][0]["direction"] == "note"
+    await desk.settle()
+    assert desk.offer_of(link["ref"]).agent_id == "carla"  # the quality team gets it
+    # The quality agent can read the rated case through the link, and reach the customer from the follow-up.
+    await desk.take("carla", link["ref"])
+    assert (await desk.client.get(f"/api/v1/cases/{ref}", headers=desk.as_("carla"))).status == 200
+    reply = await desk.client.post(f"/api/v1/cases/{link['ref']}/replies", headers=desk.as_("carla"),
+                                   json={"text": "Sorry about the wait."})
+    assert (await reply.json())["outbound_id"] is not None
+    # Another "5" is no answer any more: a normal message, which joins the customer's open (follow-up) case.
+    await desk.customer_writes("5")
+    assert (await desk.case(ref))["survey"]["score"] == 2
+    assert [m["text"] for m in (await desk.case(link["ref"]))["messages"] if m["direction"] == "in"] == ["5"]
+
+
+async def test_a_good_score_opens_nothing_and_text_reopens(desk):
+    await desk.online("anna")
+    ref = await desk.customer_writes()
+    await desk.take("anna", ref)
+    await desk.client.post(f"/api/v1/cases/{ref}/status", headers=desk.as_("anna"), json={"status": "resolved"})
+    await desk.deliveries("csat")
+    await desk.customer_writes("5 stars, thanks!")
+    case = await desk.case(ref)
+    assert case["survey"]["score"] == 5 and case["links"] == [] and case["case"]["status"] == "resolved"
+    assert "csat.answered" in [e["type"] for e in case["events"]]
+
+
+async def test_csat_can_be_switched_off_per_line(http_factory, webhook_receiver):
+    h = await http_factory(workspace_config(webhook_receiver.url, csat={"lines": {"poster": {"enabled": False}}}),
+                           clock=ManualClock(MONDAY))
+    desk = await Desk(h, webhook_receiver).setup()
+    await desk.online("anna")
+    ref = await desk.customer_writes()
+    await desk.take("anna", ref)
+    await desk.client.post(f"/api/v1/cases/{ref}/status", headers=desk.as_("anna"), json={"status": "resolved"})
+    await desk.deliveries("ack")
+    assert (await desk.case(ref))["survey"] is None
+    await desk.customer_writes("3")  # no survey was sent: a "3" is just a message and reopens the case
+    case = await desk.case(ref)
+    assert case["case"]["status"] in ("queued", "offered") and "case.reopened" in [e["type"] for e in case["events"]]
+
+
+# -- supervisors -----------------------------------------------------------------------------------------------------
+async def test_overview_and_metrics_for_a_supervisor(desk):
+    await desk.online("anna")
+    answered = await desk.customer_writes(sender="a@example.com")
+    await desk.take("anna", answered)
+    desk.h.clock.advance(timedelta(minutes=4))
+    await desk.client.post(f"/api/v1/cases/{answered}/replies", headers=desk.as_("anna"), json={"text": "On it"})
+    desk.h.clock.advance(timedelta(minutes=6))
+    await desk.client.post(f"/api/v1/cases/{answered}/status", headers=desk.as_("anna"), json={"status": "resolved"})
+    await desk.deliveries("csat")
+    await desk.customer_writes("4", sender="a@example.com")
+    for sender in ("b@example.com", "c@example.com", "d@example.com", "e@example.com"):
+        await desk.customer_writes(sender=sender)  # anna holds 3 at most: some wait
+    await desk.customer_writes(sender="f@example.com", role="courier")
+    desk.h.clock.advance(timedelta(minutes=9))  # the standard SLA warns 2 minutes before 10
+    await desk.sb.stash[ASSIGNER].tick()
+
+    view = await (await desk.client.get("/api/v1/supervisor/overview", headers=desk.as_("pia"))).json()
+    assert {q["line"] for q in view["queues"]} == {"poster"}  # pia's line only
+    assert view["totals"]["waiting"] == 4  # three offered to anna (not accepted yet) and one queued
+    assert view["totals"]["at_risk"] >= 1 and view["totals"]["oldest_wait_seconds"] >= 9 * 60
+    assert [a["id"] for a in view["agents"]] == ["anna", "bruno", "carla"]  # dario works couriers only
+    agents = await desk.client.get("/api/v1/supervisor/overview", headers=desk.as_("anna"))
+    assert agents.status == 403
+
+    metrics = await (await desk.client.get("/api/v1/reports/metrics?by=agent", headers=desk.as_("pia"))).json()
+    row = next(r for r in metrics["rows"] if r["key"] == "anna")
+    assert row["first_response_median_seconds"] == 240.0 and row["resolution_median_seconds"] == 600.0
+    assert row["csat_average"] == 4.0 and row["csat_responses"] == 1 and row["resolved"] == 1
+    total = metrics["rows"][-1]
+    assert total["key"] == "(all)" and total["created"] == 5 and total["resolution_rate"] == 0.2
+    as_csv = await desk.client.get("/api/v1/reports/metrics?by=line&format=csv", headers=desk.as_("pia"))
+    assert as_csv.headers["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(await as_csv.text())))
+    assert rows[0]["line"] == "poster" and rows[0]["created"] == "5" and rows[0]["csat_average"] == "4.0"
+    volume = await (await desk.client.get("/api/v1/reports/volume?bucket=hour", headers=desk.as_("pia"))).json()
+    assert sum(b["created"] for b in volume["buckets"]) == 5 and len(volume["buckets"]) == 25
