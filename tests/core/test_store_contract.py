@@ -260,3 +260,80 @@ async def test_failing_identities_and_automatic_mail_counts(store):
     assert await store.read(lambda tx: tx.identity_failing(ada)) is None
     nobody = Identity(kind="email", value="nobody@x")
     assert await store.write(lambda tx: tx.mark_identity_failing(nobody, "x", T0)) is False
+
+
+async def test_accounts_and_tokens(store):
+    async def unit(tx):
+        await tx.put_account("anna", name="Anna", role="agent", agent_id="anna", lines=["poster"], teams=[],
+                             password_hash="$argon2id$x", source="config", at=T0)
+        await tx.put_account("anna", name="Anna P.", role="supervisor", agent_id="anna", lines=[], teams=["billing"],
+                             password_hash=None, source="cli", at=T0)  # None keeps the stored hash
+        return await tx.insert_token("anna", "api", "laptop", "digest-1", T0, None)
+
+    token_id = await store.write(unit)
+    account = await store.read(lambda tx: tx.account("anna"))
+    assert (account["name"], account["role"], account["teams"], account["password_hash"], account["source"]) == (
+        "Anna P.", "supervisor", ["billing"], "$argon2id$x", "cli")
+    owner = await store.read(lambda tx: tx.token_owner("digest-1"))
+    assert (owner["id"], owner["token_id"], owner["token_kind"], owner["token_expires_at"]) == (
+        "anna", token_id, "api", None)
+    assert await store.read(lambda tx: tx.token_owner("digest-2")) is None
+    assert await store.write(lambda tx: tx.revoke_token(account_id="anna", at=T0)) == 1
+    assert await store.write(lambda tx: tx.revoke_token(token_hash="digest-1", at=T0)) == 0  # revoked already
+    assert await store.read(lambda tx: tx.token_owner("digest-1")) is None
+    assert await store.write(lambda tx: tx.set_account_disabled("anna", T0))
+    assert (await store.read(lambda tx: tx.account("anna")))["disabled_at"] == T0
+    assert not await store.write(lambda tx: tx.set_account_disabled("nobody", T0))
+
+
+async def test_links_merges_surveys_and_report_rows(store):
+    async def unit(tx):
+        customer_id, first = await _customer_and_case(tx, "TK-1")
+        _, second = await _customer_and_case(tx, "TK-2")
+        for case_id, text in ((first, "a"), (second, "b")):
+            await tx.insert_message(case_id=case_id, direction=Direction.INBOUND, channel="api", account="backend",
+                                    external_id=f"x-{text}", conversation=None, sender="email:a@b.c", text=text,
+                                    meta={}, at=T0)
+        assert await tx.link_cases(first, second, "other_side", "anna", T0)
+        assert not await tx.link_cases(second, first, "other_side", "anna", T0)  # linked both ways already
+        moved = await tx.move_messages(second, first)
+        await tx.update_case(second, merged_into=first, status=CaseStatus.CLOSED)
+        await tx.mark_first_response(first, "anna", T0 + timedelta(minutes=5))
+        await tx.mark_first_response(first, "bruno", T0 + timedelta(minutes=9))  # only the first counts
+        await tx.update_case(first, resolved_at=T0 + timedelta(hours=1), resolved_by="anna", status=CaseStatus.RESOLVED)
+        survey = await tx.insert_survey(first, None, "api", "en", T0 + timedelta(hours=1))
+        assert await tx.answer_survey(survey, 2, "slow", T0 + timedelta(hours=2), None)
+        assert not await tx.answer_survey(survey, 5, None, T0 + timedelta(hours=3), None)
+        return customer_id, first, second, moved
+
+    customer_id, first, second, moved = await store.write(unit)
+    assert moved == 1
+    assert [(r, c.ref) for r, c in await store.read(lambda tx: tx.linked_cases(first))] == [("other_side", "TK-2")]
+    assert [m.text for m in await store.read(lambda tx: tx.messages_for_case(first))] == ["a", "b"]
+    assert (await store.read(lambda tx: tx.case_by_id(second))).merged_into == first
+    latest, _ = await store.read(lambda tx: tx.last_inbound_from(customer_id))
+    assert latest.text == "b"
+    assert await store.read(lambda tx: tx.last_inbound_from(customer_id, "email:other@b.c")) is None
+    survey = await store.read(lambda tx: tx.latest_survey(first))
+    assert (survey["score"], survey["comment"]) == (2, "slow")
+    [row] = await store.read(lambda tx: tx.report_rows(T0, T0 + timedelta(days=1)))  # the merged case is left out
+    assert (row["ref"], row["first_response_by"], row["resolved_by"], row["csat"]) == ("TK-1", "anna", "anna", 2)
+    assert row["first_response_at"] == T0 + timedelta(minutes=5)
+
+
+async def test_only_a_failed_outbound_can_be_retried(store):
+    async def unit(tx):
+        _, case_id = await _customer_and_case(tx)
+        return await tx.enqueue_outbound(case_id=case_id, message_id=None, channel="api", account="backend",
+                                         recipient=Identity(kind="email", value="a@b.c"), kind="reply", text="hi",
+                                         subject=None, meta={}, at=T0)
+
+    outbound_id = await store.write(unit)
+    assert await store.write(lambda tx: tx.retry_outbound(outbound_id, T0)) is None  # pending: nothing to retry
+    await store.write(lambda tx: tx.finish_outbound(outbound_id, status=OutboundStatus.FAILED, attempts=8,
+                                                    next_attempt_at=T0, last_error="550", provider_id=None, at=T0))
+    again = await store.write(lambda tx: tx.retry_outbound(outbound_id, T0 + timedelta(minutes=1)))
+    assert (again.status, again.attempts) == (OutboundStatus.PENDING, 0)
+    [claimed] = await store.write(lambda tx: tx.claim_due_outbound(T0 + timedelta(minutes=1),
+                                                                   T0 + timedelta(minutes=3), 10))
+    assert claimed.id == outbound_id

@@ -138,7 +138,7 @@ def console_config(directory: Path, webhook_url: str) -> Path:
     main = yaml.safe_load(main_file.read_text(encoding="utf-8"))
     main["integrations"] = [{
         "name": INTEGRATION, "token": {"$env": TOKEN_ENV, "default": TOKEN},
-        "scopes": ["ingest", "read", "agent", "supervise"], "trusted": False,
+        "scopes": ["ingest", "read", "agent", "supervise"], "trusted": True,  # it may assert the sender's role
         "webhook": {"url": webhook_url, "secret": {"$env": WEBHOOK_SECRET_ENV}, "timeout": "5s"},
     }]
     main_file.write_text(yaml.safe_dump(main, sort_keys=False, allow_unicode=True), encoding="utf-8")
@@ -400,10 +400,13 @@ async def test_supervisor_dashboard_shows_the_waiting_case_agents_charts_and_csv
     ref = await post_customer_message(api, deployment, message(
         unique("msg"), f"{unique('tasker')}@customers.example",
         "This is unfair, it is not what we agreed with the poster", language="en", context={"role": "tasker"}))
-    queue = (await call(api, "GET", f"{deployment.url}/api/v1/queue", expected=200))["queue"]
-    waiting = [q for q in queue if q["ref"] == ref]
-    assert waiting and waiting[0]["line"] == "tasker" and waiting[0]["team"] == "disputes", queue
-    assert len(queue) == 1, queue  # the only waiting case of this deployment
+
+    async def queued() -> list[dict[str, Any]]:  # routing runs after the 202
+        queue = (await call(api, "GET", f"{deployment.url}/api/v1/queue", expected=200))["queue"]
+        return queue if any(q["ref"] == ref for q in queue) else []
+
+    queue = await eventually(queued, f"{ref} in the queue")
+    assert [(q["ref"], q["line"], q["team"]) for q in queue] == [(ref, "tasker", "disputes")], queue  # the only one
 
     context = await browser.new_context(accept_downloads=True)
     page = await context.new_page()
@@ -471,7 +474,10 @@ async def test_supervisor_dashboard_shows_the_waiting_case_agents_charts_and_csv
     async with page.expect_download() as download_info:
         await link.click()
     download = await download_info.value
-    assert download.suggested_filename == "switchboard-metrics.csv"
+    # The server's Content-Disposition names the file (it wins over the link's download attribute).
+    assert re.fullmatch(r"switchboard-metrics-by-line-\d{8}-\d{8}\.csv", download.suggested_filename), \
+        download.suggested_filename
+    assert response.headers["content-disposition"] == f'attachment; filename="{download.suggested_filename}"'
     downloaded = Path(await download.path()).read_text(encoding="utf-8")
     assert downloaded.splitlines()[0] == ",".join(rows[0]), downloaded[:200]
 
