@@ -507,3 +507,26 @@ async def test_overview_and_metrics_for_a_supervisor(desk):
     assert rows[0]["line"] == "poster" and rows[0]["created"] == "5" and rows[0]["csat_average"] == "4.0"
     volume = await (await desk.client.get("/api/v1/reports/volume?bucket=hour", headers=desk.as_("pia"))).json()
     assert sum(b["created"] for b in volume["buckets"]) == 5 and len(volume["buckets"]) == 25
+
+
+async def test_the_integration_reports_a_delivery_failure_that_the_agent_sees(desk):
+    await desk.online("anna")
+    ref = await desk.customer_writes()
+    await desk.take("anna", ref)
+    reply = await desk.client.post(f"/api/v1/cases/{ref}/replies", headers=desk.as_("anna"), json={"text": "Hi"})
+    outbound_id = (await reply.json())["outbound_id"]
+    await desk.deliveries("reply")
+    stream = await Stream.open(desk.client, desk.as_("anna"))
+    report = await desk.client.post(f"/api/v1/deliveries/{outbound_id}", headers=auth(TOKEN),
+                                    json={"status": "failed", "error": "push token expired"})
+    assert report.status == 200
+    frame, _ = await stream.until("outbound.bounced")
+    assert frame["data"]["data"]["error"] == "push token expired"
+    stream.close()
+    [out] = [o for o in (await desk.case(ref, who="anna"))["outbound"] if o["id"] == outbound_id]
+    assert (out["status"], out["last_error"]) == ("failed", "push token expired")
+    foreign = await desk.client.post("/api/v1/deliveries/999999", headers=auth(TOKEN), json={"status": "delivered"})
+    assert foreign.status == 404
+    person = await desk.client.post(f"/api/v1/deliveries/{outbound_id}", headers=desk.as_("anna"),
+                                    json={"status": "delivered"})
+    assert person.status == 401  # delivery reports come from the integration, not from people

@@ -54,7 +54,29 @@ def switchboard_web_routes(switchboard):
         )
         return web.Response(text=text, status=status, content_type="application/json")
 
-    return [web.post("/api/v1/messages", post_message)]
+    async def delivery_report(request: web.Request) -> web.Response:
+        """The integration says what became of a webhook it accepted: delivered to the person, or failed."""
+        integration = require_integration(request, "ingest")
+        try:
+            body = await request.json()
+            outbound_id = int(request.match_info["delivery_id"])
+        except (ValueError, UnicodeDecodeError):
+            raise HTTPProblem(400, "bad_request", "a JSON body and a numeric delivery id, please") from None
+        status = body.get("status") if isinstance(body, dict) else None
+        if status not in ("delivered", "failed"):
+            raise HTTPProblem(400, "bad_request", "status must be delivered or failed",
+                              fields=[{"field": "status", "problem": "delivered or failed"}])
+        error = body.get("error") if isinstance(body.get("error"), str) else None
+        outbound = await switchboard.store.read(lambda tx: tx.get_outbound(outbound_id))
+        if outbound is None or outbound.channel != CHANNEL or outbound.account != integration.name:
+            raise HTTPProblem(404, "not_found", f"no delivery {outbound_id} of integration {integration.name!r}")
+        await switchboard.outbox.report(outbound_id, delivered=status == "delivered",
+                                        error=error or (None if status == "delivered" else "failed"),
+                                        recipient_failing=body.get("recipient_failing") is True)
+        return web.json_response({"delivery_id": outbound_id, "status": status})
+
+    return [web.post("/api/v1/messages", post_message),
+            web.post("/api/v1/deliveries/{delivery_id}", delivery_report)]
 
 
 @hookimpl

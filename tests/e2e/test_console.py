@@ -183,10 +183,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     finally:
         try:
             if server.proc is not None:
-                server.terminate()
+                _t = time.monotonic(); print("TERM", server.terminate(), time.monotonic() - _t); print(server.stderr()[-4000:])
         finally:
             server.ensure_stopped()
-            hook.stop()
+            _t = time.monotonic(); hook.stop(); print("HOOK", time.monotonic() - _t)
 
 
 @pytest.fixture
