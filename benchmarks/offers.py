@@ -15,9 +15,11 @@ import collections
 import json
 import math
 import os
+import re
 import resource
 import secrets
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -161,6 +163,13 @@ async def seed_accounts(config_dir: Path, data_dir: Path, agents: list[str]) -> 
     finally:
         await store.close()
     return tokens
+
+
+def wal_commits(db: Path) -> int:
+    """SQLite's count of committed write transactions: iChange of the WAL-index header in <db>-shm (a native-endian
+    u32 at offset 8, incremented on every commit). Read only while the server holds the database open."""
+    with open(f"{db}-shm", "rb") as shm:
+        return struct.unpack_from("=I", shm.read(12), 8)[0]
 
 
 # -- CPU accounting ------------------------------------------------------------------------------------------------
@@ -428,6 +437,7 @@ class Result:
     last_offer_s: float  # from the first send to the last offer's arrival
     streams: Streams
     cpu: Cpu
+    commits: int | None = None  # Switchboard: SQLite commits (each one fsynced) during the measured run
 
     @property
     def rate(self) -> float:
@@ -454,6 +464,9 @@ class Result:
             f"{self.streams.resets} resets, {self.streams.duplicates} duplicate offer frames",
             f"  {self.cpu.summary()}",
         ]
+        if self.commits:
+            lines.append(f"  SQLite commits (fsynced) during the measured run: {self.commits:,} for {self.acked:,} "
+                         f"messages and {len(lat):,} offers")
         return lines
 
     def problems(self) -> list[str]:
@@ -495,8 +508,24 @@ def summarise(name: str, driver: Driver, sent: list[Sent], send_seconds: float, 
     )
 
 
+async def wait_quiet(pid: int, limit: float) -> str:
+    """Wait (at most `limit` seconds) until the rest of the machine has used under NOISY_OTHERS of a core for a
+    whole second: the machine may be shared, and a measured run is only worth taking on a quiet one."""
+    started = time.monotonic()
+    while True:
+        meter = CpuMeter(pid)
+        await asyncio.sleep(1.0)
+        others = meter.stop().others
+        waited = time.monotonic() - started
+        if others < NOISY_OTHERS:
+            return f"machine quiet after {waited:.0f} s" if waited > 1.5 else "machine quiet"
+        if waited >= limit:
+            return f"machine still busy after {waited:.0f} s (other processes {others:.2f} cores); measuring anyway"
+
+
 async def drive(name: str, base_url: str, pid: int, tokens: dict[str, str], ingest_token: str,
-                args: argparse.Namespace, *, presence: bool, profile: Path | None = None) -> Result:
+                args: argparse.Namespace, *, presence: bool, profile: Path | None = None,
+                db: Path | None = None, on_measured=None) -> Result:
     async with Driver(base_url, tokens, ingest_token, args.connections) as driver:
         started = time.perf_counter()
         await driver.open_streams()
@@ -508,6 +537,8 @@ async def drive(name: str, base_url: str, pid: int, tokens: dict[str, str], inge
             warm, _ = await driver.load(f"warm{name}", int(args.warmup * args.rate), args.rate)
             await driver.wait_offers(warm, args.wait)
             await asyncio.sleep(0.5)
+        if args.quiet_wait:
+            print(f"  {await wait_quiet(pid, args.quiet_wait)}", flush=True)
         profiler = None
         if profile is not None:
             profiler = subprocess.Popen(
@@ -517,15 +548,22 @@ async def drive(name: str, base_url: str, pid: int, tokens: dict[str, str], inge
             await asyncio.sleep(0.5)  # py-spy attaches
         driver.streams.problems.clear()
         meter = CpuMeter(pid)
+        commits = wal_commits(db) if db is not None else None
         sent, send_seconds = await driver.load(f"run{name}", int(args.duration * args.rate), args.rate)
         await driver.wait_offers(sent, args.wait)
         cpu = meter.stop()
+        if commits is not None:
+            commits = wal_commits(db) - commits
+        if on_measured is not None:
+            on_measured()
         if profiler is not None:
             _out, err = await asyncio.to_thread(profiler.communicate)
             if profiler.returncode != 0:
                 print(f"  py-spy failed ({profiler.returncode}): {err.decode(errors='replace').strip()}",
                       file=sys.stderr)
-        return summarise(name, driver, sent, send_seconds, cpu)
+        result = summarise(name, driver, sent, send_seconds, cpu)
+        result.commits = commits
+        return result
 
 
 # -- servers ---------------------------------------------------------------------------------------------------------
@@ -583,14 +621,16 @@ async def bench_switchboard(args: argparse.Namespace, tmp: Path, agents: list[st
     write_config(config_dir, extra=switchboard_config(agents))
     tokens = await seed_accounts(config_dir, data_dir, agents)
     server = ServerProcess(config_dir, data_dir, tmp / "logs", name="switchboard").start()
+    log: list[str] = []
     try:
         await server.wait_healthy(timeout=60)
         result = await drive("switchboard", server.url, server.pid, tokens, TOKEN, args, presence=True,
-                             profile=args.profile)
+                             profile=args.profile, db=data_dir / "switchboard.db",
+                             on_measured=lambda: log.append(server.stderr()))
     finally:
         if server.proc is not None:
             stop(server.proc)
-    errors = server.stderr().strip()
+    errors = (log[0] if log else server.stderr()).strip()  # up to the end of the measured run, not the shutdown
     if errors:
         print("  switchboard's log (warnings and errors):\n    "
               + "\n    ".join(errors.splitlines()[-15:]), flush=True)
@@ -599,31 +639,28 @@ async def bench_switchboard(args: argparse.Namespace, tmp: Path, agents: list[st
 
 # -- the py-spy profile, summarised ---------------------------------------------------------------------------------
 def profile_summary(path: Path, top: int = 15) -> list[str]:
-    """From py-spy's collapsed stacks: the functions with the most samples on top of the stack (self) and on it
-    anywhere (inclusive), in the main thread and in the others."""
+    """From py-spy's collapsed stacks: the functions with the most samples on top of the stack (self), and the
+    project's own functions (router/, plugins/) with the most samples anywhere on the stack (inclusive)."""
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     samples = 0
-    idle = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = [f for f in stack.split(";") if f]
+        # "func (file.py:123)" → "func (file.py)": one entry per function, whichever line was running
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";") if f]
         samples += n
-        leaf = frames[-1] if frames else "?"
-        if "select (selectors.py" in leaf or "epoll" in leaf or "_worker (concurrent" in stack and "wait" in leaf:
-            idle += n
-        own[leaf] += n
+        own[frames[-1] if frames else "?"] += n
         for f in set(frames):
-            total[f] += n
+            if "(router/" in f or "(plugins/" in f:
+                total[f] += n
     if not samples:
         return ["  (no samples)"]
-    out = [f"  {samples:,} samples ({idle:,} idle in select/epoll or a waiting worker thread)",
-           "  most samples on top of the stack (self):"]
+    out = [f"  {samples:,} samples (py-spy leaves out idle threads)", "  most samples on top of the stack (self):"]
     out += [f"    {n / samples:6.1%}  {f}" for f, n in own.most_common(top)]
-    out.append("  most samples anywhere on the stack (inclusive):")
+    out.append("  Switchboard's functions with the most samples anywhere on the stack (inclusive):")
     out += [f"    {n / samples:6.1%}  {f}" for f, n in total.most_common(top + 10)]
     return out
 
@@ -640,6 +677,9 @@ def parse_args() -> argparse.Namespace:
                         help="at most this many POSTs in flight (keep-alive connections; 256)")
     parser.add_argument("--wait", type=float, default=15, metavar="S",
                         help="after the last message, wait at most this long for offers (15)")
+    parser.add_argument("--quiet-wait", type=float, default=60, metavar="S",
+                        help="before each measured run, wait at most this long for the rest of the machine to be "
+                        "idle (60; 0: do not wait)")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="py-spy record Switchboard during the measured run into FILE (collapsed stacks) and "
                         "print the hottest functions; perturbs that run's numbers")

@@ -530,3 +530,20 @@ async def test_the_integration_reports_a_delivery_failure_that_the_agent_sees(de
     person = await desk.client.post(f"/api/v1/deliveries/{outbound_id}", headers=desk.as_("anna"),
                                     json={"status": "delivered"})
     assert person.status == 401  # delivery reports come from the integration, not from people
+
+
+async def test_streams_end_quietly_when_the_browser_leaves_or_the_server_stops(http_factory, webhook_receiver,
+                                                                              caplog):
+    h = await http_factory(workspace_config(webhook_receiver.url, console={"stream_heartbeat": "1s"}),
+                           clock=ManualClock(MONDAY))
+    desk = await Desk(h, webhook_receiver).setup()
+    gone = await Stream.open(desk.client, desk.as_("anna"))
+    gone.close()  # the laptop lid closes: the next heartbeat finds nobody
+    staying = await Stream.open(desk.client, desk.as_("bruno"))
+    await asyncio.sleep(2.5)
+    assert desk.sb.feed.count == 1  # the closed stream was let go, the open one kept
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
+    desk.sb.feed.close_all()  # what the application does when it stops
+    rest = await asyncio.wait_for(staying.response.content.read(), 5)  # the stream ends (read() returns)...
+    assert b"reset" not in rest  # ...without telling the console to reload: it reconnects and resumes
+    assert desk.sb.feed.count == 0

@@ -50,6 +50,9 @@ class CaseInfo:
                 "line": self.line, "team": self.team, "tier": self.tier, "priority": self.priority}
 
 
+CLOSE = b""  # queued to end a stream without a reset (server shutting down)
+
+
 class Subscriber:
     __slots__ = ("principal", "queue", "dropped")
 
@@ -67,6 +70,12 @@ class Subscriber:
             self.dropped = True  # the stream ends with a reset; the client catches up from the store
             self.queue.get_nowait()
             self.queue.put_nowait(None)
+
+    def closing(self) -> None:
+        self.dropped = True
+        while self.queue.full():
+            self.queue.get_nowait()
+        self.queue.put_nowait(CLOSE)
 
 
 def frame(event: Event, case: CaseInfo | None) -> bytes:
@@ -103,6 +112,11 @@ class Feed:
             subs.discard(sub)
             if not subs:
                 del self.by_agent[sub.principal.agent_id or ""]
+
+    def close_all(self) -> None:
+        """The server is stopping: every stream ends now (with no reset: the client reconnects and resumes)."""
+        for sub in [*self.broad, *(s for subs in self.by_agent.values() for s in subs)]:
+            sub.closing()
 
     @property
     def count(self) -> int:

@@ -41,5 +41,9 @@ def create_app(switchboard: Switchboard) -> web.Application:
         yield
         await switchboard.stop()
 
+    async def end_streams(_app: web.Application) -> None:
+        switchboard.feed.close_all()  # open streams end now rather than hold up the shutdown
+
+    app.on_shutdown.append(end_streams)
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from router.core.accounts import AccountError, Principal
 from router.core.assigner import ASSIGNER
+from router.core.feed import CLOSE, reset_frame
 from router.core.model import Case, Direction
 from router.web.api import case_json, customer_json, event_json, message_json, outbound_json, switchboard_of
 from router.web.assignment_api import _assigner, _body, open_work
@@ -79,19 +80,17 @@ async def stream(request: web.Request) -> web.StreamResponse:
         after = int(raw_after) if raw_after else None
     except ValueError:
         raise HTTPProblem(400, "bad_request", "Last-Event-ID (or after) must be an event id") from None
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
     sub = feed.subscribe(who)  # before reading the backlog, so nothing falls between the two
     try:
         if after is None:
             frames, last, complete = [], await feed.latest_id(), True
         else:
             frames, last, complete = await feed.backlog(who, after)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               "X-Accel-Buffering": "no"})
         await response.prepare(request)
         await response.write(b"retry: 2000\n: connected\n\n" + b"".join(frames))
         if not complete:
-            from router.core.feed import reset_frame
-
             await response.write(reset_frame("too many events were missed; reload"))
         heartbeat = sb.config.console.stream_heartbeat.total_seconds()
         while True:
@@ -101,23 +100,23 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 await response.write(b": ping\n\n")
                 continue
             if item is None:  # fell behind: the client reconnects and catches up from the store
-                from router.core.feed import reset_frame
-
                 await response.write(reset_frame("the stream fell behind; reconnect to catch up"))
                 break
-            if _frame_id(item) <= last:
-                continue  # already sent from the backlog
+            if item == CLOSE:  # the server is stopping; the client reconnects to another node or later
+                break
             chunks = [item]
             while not sub.queue.empty() and len(chunks) < 256:  # whatever else is ready goes in the same write
                 more = sub.queue.get_nowait()
-                if more is None:
-                    sub.queue.put_nowait(None)
+                if not more:  # a reset or the close (always the last item): handled on the next turn
+                    sub.queue.put_nowait(more)
                     break
                 chunks.append(more)
-            await response.write(b"".join(chunks))
+            fresh = [c for c in chunks if _frame_id(c) > last]  # not those the backlog already sent
+            if fresh:
+                await response.write(b"".join(fresh))
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
-        raise
+    except ConnectionResetError:  # the browser went away (aiohttp's ClientConnectionResetError): nothing to do
+        return response
     finally:
         feed.unsubscribe(sub)
 

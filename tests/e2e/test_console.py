@@ -19,9 +19,10 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -34,7 +35,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
     pytest.skip("Chromium is not installed at /usr/bin/chromium", allow_module_level=True)
 
-from playwright.async_api import Browser, Page, async_playwright, expect  # noqa: E402
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -47,7 +48,7 @@ AGENT = "emma"  # an L1 agent of the poster line, general team, English; her sch
 OTHER_AGENT = "marco"  # the only agent of the quality team; his schedule is removed too
 WAIT = 10_000  # ms: Playwright's expect() timeout
 expect.set_options(timeout=WAIT)
-ANY = re.compile(r".*", re.S)  # a to_have_text wildcard
+ANY = re.compile(r".*", re.DOTALL)  # a to_have_text wildcard
 
 
 # -- the customer's side of the API channel: a webhook receiver --------------------------------------------------
@@ -68,7 +69,7 @@ class WebhookReceiver:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
-    def start(self) -> "WebhookReceiver":
+    def start(self) -> WebhookReceiver:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
         return self
@@ -183,10 +184,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     finally:
         try:
             if server.proc is not None:
-                _t = time.monotonic(); print("TERM", server.terminate(), time.monotonic() - _t); print(server.stderr()[-4000:])
+                server.terminate()
         finally:
             server.ensure_stopped()
-            _t = time.monotonic(); hook.stop(); print("HOOK", time.monotonic() - _t)
+            hook.stop()
 
 
 @pytest.fixture
@@ -259,8 +260,8 @@ def watch_page(page: Page) -> dict[str, list[str]]:
     return seen
 
 
-async def sign_in(page: Page, deployment: Deployment, account: str, path: str = "/console") -> None:
-    await page.goto(deployment.url + path)
+async def sign_in(page: Page, deployment: Deployment, account: str) -> None:
+    await page.goto(deployment.url + "/console")
     await expect(page.get_by_test_id("login-account")).to_be_visible()
     await page.get_by_test_id("login-account").fill(account)
     await page.get_by_test_id("login-password").fill(PASSWORD)
@@ -377,6 +378,7 @@ async def test_agent_takes_an_offer_live_answers_through_the_channel_notes_and_r
     assert survey["signature_ok"], survey
     for record in deployment.hook.received():
         assert note_text not in json.dumps(record["json"], ensure_ascii=False), record
+        assert record["signature_ok"], record  # the acknowledgement too: every delivery is signed
     assert [d["json"]["kind"] for d in deployment.hook.received() if d["json"].get("case_ref") == ref
             and d["json"]["kind"] == "reply"] == ["reply"]  # the reply went out exactly once
 
