@@ -232,3 +232,68 @@ async def test_run_serves_the_example_configuration_and_stops_cleanly_on_sigterm
     assert "demo-token" not in out + err
     for bad in ("Traceback", "ERROR", "CRITICAL", "Unclosed", "was destroyed", "never awaited", "Exception"):
         assert bad not in err, f"{bad!r} in stderr:\n{err}"
+
+
+# -- accounts -------------------------------------------------------------------------------------------------------
+async def test_accounts_made_with_the_cli_sign_in_on_the_running_server(tmp_path, request):
+    """An operator adds a supervisor with `switchboard accounts add` while the server runs; she signs in over
+    HTTP with that password, a token from `accounts token` works, a changed password ends her sessions, and a
+    disabled account is refused. The demo accounts of the example configuration sign in too."""
+    import subprocess
+
+    from tests.e2e.servers import switchboard_command
+
+    data = tmp_path / "data"
+    server = ServerProcess(EXAMPLE_CONFIG, data, tmp_path / "logs", log_level=None)
+    request.addfinalizer(server.ensure_stopped)
+    server.start()
+    await server.wait_healthy()
+    env = cli_env()
+
+    def accounts(*args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*switchboard_command(), "accounts", *args, "--config", str(EXAMPLE_CONFIG),
+                               "--data", str(data)] + (["--password-stdin"] if password is not None else []),
+                              input=f"{password}\n" if password is not None else None, env=env,
+                              capture_output=True, text=True, timeout=30)
+
+    added = accounts("add", "pia", "--role", "supervisor", "--line", "poster", "--name", "Pia Neri",
+                     password="pia-secret-1")
+    assert added.returncode == 0 and "added supervisor pia" in added.stdout, added.stderr
+    again = accounts("add", "pia", "--role", "agent", password="x" * 10)
+    assert again.returncode == 1 and "exists" in again.stderr
+    stray = accounts("add", "zoe", "--role", "agent", password="zoe-secret-1")
+    assert stray.returncode == 1 and "no agent 'zoe'" in stray.stderr
+    short = accounts("add", "ivo", "--role", "supervisor", password="short")
+    assert short.returncode == 1 and "8 characters" in short.stderr
+    token = accounts("token", "pia", "--name", "laptop").stdout.strip()
+    assert token.startswith("sbp_")
+    listing = accounts("list").stdout
+    assert re.search(r"^pia\s+supervisor\s+agent=-\s+scope=poster\s+active\s+tokens=1 source=cli", listing, re.M), listing
+    assert re.search(r"^giulia\s+agent\s+agent=giulia", listing, re.M)  # seeded from accounts.yaml
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async def login(account, password):
+            async with session.post(f"{server.url}/api/v1/auth/login",
+                                    json={"account": account, "password": password}) as response:
+                return response.status, await response.json()
+
+        status, body = await login("pia", "pia-secret-1")
+        assert status == 200 and body["account"]["lines"] == ["poster"]
+        session_token = body["token"]
+        assert (await login("giulia", "switchboard-demo"))[0] == 200
+        async with session.get(f"{server.url}/api/v1/supervisor/overview",
+                               headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status == 200
+        assert accounts("passwd", "pia", password="pia-secret-2").returncode == 0
+        assert (await login("pia", "pia-secret-1"))[0] == 401
+        assert (await login("pia", "pia-secret-2"))[0] == 200
+        fresh = accounts("token", "pia").stdout.strip()
+        assert accounts("disable", "pia").returncode == 0
+        # A token the server has not checked before is looked up in the store at once: refused.
+        async with session.get(f"{server.url}/api/v1/me", headers={"Authorization": f"Bearer {fresh}"}) as r:
+            assert r.status == 401
+        assert (await login("pia", "pia-secret-2"))[0] == 401
+        async with session.get(f"{server.url}/api/v1/me",
+                               headers={"Authorization": f"Bearer {session_token}"}) as r:
+            assert r.status == 401  # the session from before the password change was revoked with it
+    assert server.terminate() == 0, server.describe()
