@@ -547,3 +547,38 @@ async def test_streams_end_quietly_when_the_browser_leaves_or_the_server_stops(h
     rest = await asyncio.wait_for(staying.response.content.read(), 5)  # the stream ends (read() returns)...
     assert b"reset" not in rest  # ...without telling the console to reload: it reconnects and resumes
     assert desk.sb.feed.count == 0
+
+
+async def test_linking_needs_both_cases_and_a_working_supervisor_gets_their_offers(desk):
+    """A link opens each side to the other's agent, so an agent cannot link (and so read) a stranger's case;
+    and a supervisor who also works cases gets their own offers on their stream."""
+    await desk.online("anna", "dario")
+    mine = await desk.customer_writes(sender="p@example.com", role="poster")
+    theirs = await desk.customer_writes(sender="c@example.com", role="courier")
+    await desk.take(desk.offer_of(mine).agent_id, mine)
+    holder = (await desk.case(mine))["case"]["agent"]
+    sneaky = await desk.client.post(f"/api/v1/cases/{mine}/links", headers=desk.as_(holder), json={"case": theirs})
+    assert sneaky.status == 403
+    assert (await desk.client.get(f"/api/v1/cases/{theirs}", headers=desk.as_(holder))).status == 403
+    # An empty body is fine where nothing is needed (declining an offer).
+    offer = desk.offer_of(theirs)
+    declined = await desk.client.post(f"/api/v1/offers/{offer.id}/decline", headers=desk.as_("dario"))
+    assert declined.status == 200
+
+
+async def test_a_supervisor_who_works_cases_streams_their_own_offers(http_factory, webhook_receiver):
+    h = await http_factory(make_config(**{**sections([agent("lena", lines=("courier",))]),
+                                          "integrations": [webhook_integration(webhook_receiver.url,
+                                                                               scopes=["ingest", "read"])],
+                                          "accounts": [{"id": "lena", "name": "Lena", "role": "supervisor",
+                                                        "agent": "lena", "lines": ["poster"]}]}),
+                           clock=ManualClock(MONDAY))
+    desk = Desk(h, webhook_receiver)
+    desk.tokens["lena"] = await h.sb.accounts.issue("lena", "api", "tests")
+    await desk.online("lena")
+    stream = await Stream.open(h.client, desk.as_("lena"))
+    ref = await desk.customer_writes(role="courier")  # she supervises posters, but takes courier cases herself
+    frame, seen = await stream.until("offer.created")
+    assert frame["data"]["case"]["ref"] == ref and frame["data"]["data"]["chosen"] == "lena"
+    assert len([f for f in seen if f["event"] == "offer.created"]) == 1  # once, not once per role
+    stream.close()

@@ -99,9 +99,9 @@ class Feed:
     # -- subscribers ------------------------------------------------------------------------------------------
     def subscribe(self, principal: Principal) -> Subscriber:
         sub = Subscriber(principal)
-        if principal.role == "agent":
-            self.by_agent[principal.agent_id or ""].add(sub)
-        else:
+        if principal.agent_id is not None:  # their own offers and cases, whatever else they watch
+            self.by_agent[principal.agent_id].add(sub)
+        if principal.role != "agent":
             self.broad.add(sub)
         return sub
 
@@ -115,12 +115,15 @@ class Feed:
 
     def close_all(self) -> None:
         """The server is stopping: every stream ends now (with no reset: the client reconnects and resumes)."""
-        for sub in [*self.broad, *(s for subs in self.by_agent.values() for s in subs)]:
+        for sub in self._all():
             sub.closing()
+
+    def _all(self) -> set[Subscriber]:
+        return {*self.broad, *(s for subs in self.by_agent.values() for s in subs)}
 
     @property
     def count(self) -> int:
-        return len(self.broad) + sum(len(s) for s in self.by_agent.values())
+        return len(self._all())
 
     # -- audience -----------------------------------------------------------------------------------------------
     def case_info(self, case_id: int | None) -> CaseInfo | None:
@@ -157,8 +160,10 @@ class Feed:
 
     @staticmethod
     def visible(principal: Principal, event: Event, case: CaseInfo | None, named: set[str]) -> bool:
+        if principal.agent_id is not None and principal.agent_id in named:
+            return True
         if principal.role == "agent":
-            return principal.agent_id in named
+            return False
         if principal.kind == "integration":
             return "read" in principal.scopes
         if principal.role == "admin" or (not principal.lines and not principal.teams):
@@ -183,6 +188,8 @@ class Feed:
                     encoded = encoded or frame(event, case)
                     sub.push(encoded)
             for sub in self.broad:
+                if sub.principal.agent_id in named:
+                    continue  # a supervisor who also works cases: pushed above already
                 if self.visible(sub.principal, event, case, named):
                     encoded = encoded or frame(event, case)
                     sub.push(encoded)

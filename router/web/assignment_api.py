@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from router.core.accounts import Principal
 from router.core.assigner import ASSIGNER, Assigner, AssignmentError, CaseWork
 from router.core.explain import explain_case
-from router.core.model import Attachment, CaseStatus, Identity
+from router.core.model import Attachment, CaseStatus, Identity, InvalidIdentity
 from router.routing_config import AgentConfig
 from router.web.api import switchboard_of
 from router.web.auth import acting_agent, may_act_on, principal, require
@@ -32,6 +32,9 @@ def _assigner(request: web.Request) -> Assigner:
 
 
 async def _body(request: web.Request, *required: str) -> dict[str, Any]:
+    """The JSON object sent; an empty body counts as {} (accepting an offer needs nothing more)."""
+    if not await request.read() and not required:
+        return {}
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -105,11 +108,13 @@ async def put_presence(request: web.Request) -> web.Response:
 
 async def put_my_presence(request: web.Request) -> web.Response:
     who = await require(request, "agent")
-    return await _set_presence(request, who, acting_agent(who, {}))
-
-
-async def _set_presence(request: web.Request, who: Principal, agent_id: str) -> web.Response:
     body = await _body(request, "presence")
+    return await _set_presence(request, who, acting_agent(who, body), body)
+
+
+async def _set_presence(request: web.Request, who: Principal, agent_id: str,
+                        body: dict[str, Any] | None = None) -> web.Response:
+    body = body if body is not None else await _body(request, "presence")
     assigner = _assigner(request)
     await assigner.set_presence(agent_id, body["presence"], by=who.actor if who.is_person else agent_id)
     return web.json_response(assigner.agent_view(agent_id))
@@ -177,14 +182,14 @@ async def reply(request: web.Request) -> web.Response:
     attachments, to = [], None
     try:
         attachments = [_attachment(a) for a in body.get("attachments") or []]
-    except (ValidationError, TypeError, ValueError, binascii.Error):
+    except (ValidationError, TypeError, ValueError, KeyError, binascii.Error):
         problems.append({"field": "attachments",
                          "problem": "a list of {filename, content_type, content} with the content in base64"})
     if body.get("to"):
         kind, _, value = str(body["to"]).partition(":")
-        try:
-            to = Identity(kind=kind, value=value)
-        except ValidationError:
+        try:  # written as the customer wrote it or not (ADA@Example.com, 333 123 4567): stored normalised
+            to = Identity(kind=kind, value=value).normalised(switchboard_of(request).config.instance.default_region)
+        except (ValidationError, InvalidIdentity):
             problems.append({"field": "to", "problem": "an identity of the customer, like email:ann@example.com"})
     if problems:
         raise HTTPProblem(400, "bad_request", "; ".join(f"{p['field']}: {p['problem']}" for p in problems),

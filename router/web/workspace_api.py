@@ -15,7 +15,7 @@ from router.core.feed import CLOSE, reset_frame
 from router.core.model import Case, Direction
 from router.web.api import case_json, customer_json, event_json, message_json, outbound_json, switchboard_of
 from router.web.assignment_api import _assigner, _body, open_work
-from router.web.auth import SESSION_COOKIE, may_act_on, principal, require
+from router.web.auth import SESSION_COOKIE, bearer, may_act_on, principal, require
 from router.web.errors import HTTPProblem
 
 RELATIONS = ("other_side", "related", "followup")
@@ -31,15 +31,17 @@ async def login(request: web.Request) -> web.Response:
         raise HTTPProblem(exc.status, exc.code, exc.detail) from None
     response = web.json_response({"account": who.as_json(), "token": token,
                                   "expires_in": int(sb.config.console.session_ttl.total_seconds())})
+    # Secure over HTTPS, including behind a TLS-terminating proxy that says so.
+    secure = request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
     response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict", path="/",
-                        max_age=int(sb.config.console.session_ttl.total_seconds()), secure=request.secure)
+                        max_age=int(sb.config.console.session_ttl.total_seconds()), secure=secure)
     return response
 
 
 async def logout(request: web.Request) -> web.Response:
-    await principal(request)
-    token = request.cookies.get(SESSION_COOKIE) or request.headers.get("Authorization", "")[7:].strip()
-    if token:
+    who = await principal(request)
+    token = bearer(request) or request.cookies.get(SESSION_COOKIE)  # the credential this request used
+    if token and who.is_person:
         await switchboard_of(request).accounts.revoke(token)
     response = web.Response(status=204)
     response.del_cookie(SESSION_COOKIE, path="/")
@@ -73,6 +75,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: every event the caller may see, live; after a reconnect (Last-Event-ID, or ?after=),
     first what was missed, from the store."""
     who = await principal(request)
+    if who.kind == "integration":
+        await require(request, "read")  # a system streams everything or nothing
     sb = switchboard_of(request)
     feed = sb.feed
     raw_after = request.headers.get("Last-Event-ID") or request.query.get("after")
@@ -246,6 +250,7 @@ async def add_link(request: web.Request) -> web.Response:
     other_ref = body["case"].strip().upper()
     if other_ref == ref:
         raise HTTPProblem(400, "bad_request", "a case cannot be linked to itself")
+    await readable_case(request, other_ref)  # a link opens each side to the other's agent: both must be yours
     sb = switchboard_of(request)
     now = sb.clock.now()
 
