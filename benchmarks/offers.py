@@ -196,24 +196,33 @@ class Cpu:
     server: float
     driver: float
     others: float
+    profiler: float = 0.0
 
     def summary(self) -> str:
-        return (f"CPU: server {self.server:.2f} cores, driver {self.driver:.2f}, other processes {self.others:.2f} "
-                f"(of {os.cpu_count()})" + (" -- NOISY: other processes were busy, numbers are unreliable"
-                                            if self.others > NOISY_OTHERS else ""))
+        return (f"CPU: server {self.server:.2f} cores, driver {self.driver:.2f}, "
+                + (f"py-spy {self.profiler:.2f}, " if self.profiler else "")
+                + f"other processes {self.others:.2f} (of {os.cpu_count()})"
+                + (" -- NOISY: other processes were busy, numbers are unreliable"
+                   if self.others > NOISY_OTHERS else ""))
 
 
 class CpuMeter:
-    def __init__(self, pid: int):
+    """CPU used from now until stop(), in cores: the server, this process (the driver), an optional profiler, and
+    everything else on the machine."""
+
+    def __init__(self, pid: int, profiler: int | None = None):
         self.pid = pid
+        self.profiler = profiler
         self.before = self._sample()
 
-    def _sample(self) -> tuple[float, float, float, float]:
-        return time.monotonic(), _machine_busy_s(), _process_cpu_s(self.pid), _self_cpu_s()
+    def _sample(self) -> tuple[float, ...]:
+        profiler = _process_cpu_s(self.profiler) if self.profiler else 0.0  # still readable as a zombie
+        return time.monotonic(), _machine_busy_s(), _process_cpu_s(self.pid), _self_cpu_s(), profiler
 
     def stop(self) -> Cpu:
-        wall, busy, server, driver = (b - a for a, b in zip(self.before, self._sample()))
-        return Cpu(server / wall, driver / wall, max(busy - server - driver, 0.0) / wall)
+        wall, busy, server, driver, profiler = (b - a for a, b in zip(self.before, self._sample()))
+        return Cpu(server / wall, driver / wall, max(busy - server - driver - profiler, 0.0) / wall,
+                   profiler / wall)
 
 
 # -- the driver ----------------------------------------------------------------------------------------------------
@@ -408,7 +417,7 @@ class Driver:
                     item.ref = _loads(raw)["case"]["ref"]
                 else:
                     item.error = f"HTTP {response.status}: {raw[:200]!r}"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             item.error = f"{type(exc).__name__}: {exc}"
 
     async def wait_offers(self, sent: list[Sent], timeout: float) -> None:
@@ -452,7 +461,8 @@ class Result:
             f"  sent {self.messages:,} messages in {self.send_seconds:.2f} s = {self.rate:,.0f} msg/s "
             f"(driver lag behind schedule p99 {percentile(self.lag_ms, 99):.1f} ms, max {self.lag_ms[-1]:.1f} ms); "
             f"{self.acked:,} acknowledged (202), {len(self.errors)} errors",
-            f"  offers: {len(lat):,} arrived, {self.missed} missed, {self.wrong_stream} on the wrong stream; "
+            f"  offers: {len(lat):,} arrived, {self.missed} missed (not arrived within --wait), "
+            f"{self.wrong_stream} on the wrong stream; "
             f"{self.agents_used} agents got offers ({self.offers_per_agent[0]}-{self.offers_per_agent[1]} each); "
             f"last arrived {self.last_offer_s:.2f} s after the first send "
             f"= {len(lat) / self.last_offer_s if self.last_offer_s else 0:,.0f} offers/s",
@@ -474,7 +484,8 @@ class Result:
         if len(self.errors) > 5:
             out.append(f"{self.name}: ... {len(self.errors) - 5} more request errors")
         if self.missed:
-            out.append(f"{self.name}: {self.missed} acknowledged messages never got an offer on any stream")
+            out.append(f"{self.name}: {self.missed} acknowledged messages got no offer on any stream within "
+                       "--wait seconds of the last message")
         if self.wrong_stream:
             out.append(f"{self.name}: {self.wrong_stream} offers arrived on a stream other than the chosen agent's")
         out += [f"{self.name}: {p}" for p in self.streams.problems[:5]]
@@ -547,7 +558,7 @@ async def drive(name: str, base_url: str, pid: int, tokens: dict[str, str], inge
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             await asyncio.sleep(0.5)  # py-spy attaches
         driver.streams.problems.clear()
-        meter = CpuMeter(pid)
+        meter = CpuMeter(pid, profiler.pid if profiler is not None else None)
         commits = wal_commits(db) if db is not None else None
         sent, send_seconds = await driver.load(f"run{name}", int(args.duration * args.rate), args.rate)
         await driver.wait_offers(sent, args.wait)
@@ -577,7 +588,7 @@ async def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout: flo
                 async with session.get(url + "/healthz") as response:
                     if response.status == 200:
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            except (aiohttp.ClientError, TimeoutError, OSError):
                 pass
             await asyncio.sleep(0.1)
     raise BenchmarkError(f"{url}/healthz not healthy after {timeout:.0f} s; output:\n{log.read_text()}")
@@ -614,7 +625,7 @@ async def bench_baseline(args: argparse.Namespace, tmp: Path, agents: list[str])
         stop(proc)
 
 
-async def bench_switchboard(args: argparse.Namespace, tmp: Path, agents: list[str]) -> tuple[Result, Path]:
+async def bench_switchboard(args: argparse.Namespace, tmp: Path, agents: list[str]) -> Result:
     from tests.e2e.servers import TOKEN, ServerProcess, write_config
 
     config_dir, data_dir = tmp / "config", tmp / "data"
@@ -623,7 +634,10 @@ async def bench_switchboard(args: argparse.Namespace, tmp: Path, agents: list[st
     server = ServerProcess(config_dir, data_dir, tmp / "logs", name="switchboard").start()
     log: list[str] = []
     try:
-        await server.wait_healthy(timeout=60)
+        try:
+            await server.wait_healthy(timeout=60)
+        except AssertionError as exc:  # the e2e helper's way of saying it did not start
+            raise BenchmarkError(str(exc)) from None
         result = await drive("switchboard", server.url, server.pid, tokens, TOKEN, args, presence=True,
                              profile=args.profile, db=data_dir / "switchboard.db",
                              on_measured=lambda: log.append(server.stderr()))
@@ -632,9 +646,19 @@ async def bench_switchboard(args: argparse.Namespace, tmp: Path, agents: list[st
             stop(server.proc)
     errors = (log[0] if log else server.stderr()).strip()  # up to the end of the measured run, not the shutdown
     if errors:
-        print("  switchboard's log (warnings and errors):\n    "
-              + "\n    ".join(errors.splitlines()[-15:]), flush=True)
-    return result, data_dir
+        print("  switchboard's log up to the end of the measured run (warnings and errors):\n"
+              + "\n".join(condensed_log(errors)), flush=True)
+    return result
+
+
+def condensed_log(text: str, limit: int = 15) -> list[str]:
+    """Log lines without their timestamps, repeated ones counted once (apscheduler says the same every second)."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in text.splitlines():
+        line = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ", "", line)
+        counts[re.sub(r"next run at: [^)]*", "next run at: ...", line)] += 1
+    out = [f"    {n:>4}x {line}" if n > 1 else f"          {line}" for line, n in counts.items()]
+    return out[:limit] + ([f"          ... {len(out) - limit} more distinct lines"] if len(out) > limit else [])
 
 
 # -- the py-spy profile, summarised ---------------------------------------------------------------------------------
@@ -665,7 +689,7 @@ def profile_summary(path: Path, top: int = 15) -> list[str]:
     return out
 
 
-# -- main ----------------------------------------------------------------------------------------------------------------
+# -- main -------------------------------------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=500, metavar="N", help="agents, each on its own stream (500)")
@@ -675,8 +699,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--connections", type=int, default=256, metavar="N",
                         help="at most this many POSTs in flight (keep-alive connections; 256)")
-    parser.add_argument("--wait", type=float, default=15, metavar="S",
-                        help="after the last message, wait at most this long for offers (15)")
+    parser.add_argument("--wait", type=float, default=30, metavar="S",
+                        help="after the last message, wait at most this long for offers; those that have not "
+                        "arrived by then count as missed (30)")
     parser.add_argument("--quiet-wait", type=float, default=60, metavar="S",
                         help="before each measured run, wait at most this long for the rest of the machine to be "
                         "idle (60; 0: do not wait)")
@@ -703,7 +728,7 @@ async def run(args: argparse.Namespace) -> int:
         baseline = await bench_baseline(args, Path(tmp), agents)
         print("\n".join(baseline.summary()), flush=True)
         print("switchboard (durable ingest, routing, offer to one of 500 agents, live stream):", flush=True)
-        ours, _data = await bench_switchboard(args, Path(tmp), agents)
+        ours = await bench_switchboard(args, Path(tmp), agents)
         print("\n".join(ours.summary()), flush=True)
     if args.profile:
         print(f"profile of switchboard's measured run (py-spy, collapsed stacks in {args.profile}):")

@@ -354,8 +354,11 @@ async def test_merge_two_cases_of_one_customer_and_refuse_strangers(desk):
 
 async def test_linked_sides_of_an_order_see_each_other(desk):
     await desk.online("anna", "dario")
-    poster = await desk.customer_writes("The tasker never came", sender="poster@example.com", role="poster")
-    courier = await desk.customer_writes("Customer was not home", sender="driver@example.com", role="courier")
+    order = {"order_id": "T-77"}
+    poster = await desk.customer_writes("The tasker never came", sender="poster@example.com",
+                                        context={"role": "poster", **order})
+    courier = await desk.customer_writes("Customer was not home", sender="driver@example.com",
+                                         context={"role": "courier", **order})
     await desk.take(desk.offer_of(poster).agent_id, poster)
     await desk.take("dario", courier)
     poster_agent = (await desk.case(poster))["case"]["agent"]
@@ -550,7 +553,8 @@ async def test_streams_end_quietly_when_the_browser_leaves_or_the_server_stops(h
 
 
 async def test_linking_needs_both_cases_and_a_working_supervisor_gets_their_offers(desk):
-    """A link opens each side to the other's agent, so an agent cannot link (and so read) a stranger's case;
+    """A link opens each side to the other's agent, so an agent cannot link (and so read) a stranger's case
+    about another order;
     and a supervisor who also works cases gets their own offers on their stream."""
     await desk.online("anna", "dario")
     mine = await desk.customer_writes(sender="p@example.com", role="poster")

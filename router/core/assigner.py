@@ -129,6 +129,7 @@ class Assigner:
         self._pending: set[int] = set()  # cases the next pass must try
         self._all = True  # the next pass must walk the whole queue
         self._explanations: list[tuple[int, str, dict[str, Any]]] = []  # "waiting" events of the current pass
+        self._staged: list[tuple] = []  # offers chosen in the current pass, written together at its end
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -586,16 +587,48 @@ class Assigner:
                 except Exception:  # noqa: BLE001 - one case (or a strategy plugin) failing must not stall the queue
                     log.exception("assignment of %s failed; it stays queued", work.case.ref)
         finally:
-            rows, self._explanations = self._explanations, []
-            if rows:
-                try:
-                    events = await self.sb.store.write(lambda tx: tx.append_events(rows, ACTOR, now))
-                except StoreUnavailable:
-                    for case_id, _type, _data in rows:  # say it again on the next pass
-                        if case_id in self.cases:
-                            self.cases[case_id].explained = None
-                    raise
-                await self.sb.after_write(events)
+            await self._flush(now)
+
+    async def _flush(self, now: datetime) -> None:
+        """Write the pass's offers and "waiting" explanations in one transaction, then make the offers real.
+        Agents were chosen in memory (their load counted at once, so one pass never over-fills anybody); one
+        commit for a whole burst of offers instead of one each is what keeps offers fast under load."""
+        staged, self._staged = self._staged, []
+        rows, self._explanations = self._explanations, []
+        if not staged and not rows:
+            return
+
+        async def unit(tx):
+            offer_ids = []
+            for work, agent_id, channel, expires, data, _previous in staged:
+                offer_id = await tx.insert_offer(work.case.id, agent_id, channel, now, expires)
+                await tx.update_case(work.case.id, status=CaseStatus.OFFERED, updated_at=now)
+                await tx.set_agent_assigned(agent_id, now)
+                data["offer"] = offer_id
+                offer_ids.append(offer_id)
+            created = [(work.case.id, "offer.created", data) for work, _a, _c, _e, data, _p in staged]
+            return offer_ids, await tx.append_events(created + rows, ACTOR, now)
+
+        try:
+            offer_ids, events = await self.sb.store.write(unit)
+        except BaseException:
+            for work, agent_id, channel, _expires, data, previous in staged:  # not written: not offered
+                data.pop("offer", None)
+                self.workforce.add_load(agent_id, channel, -1)
+                self.workforce.mark_assigned(agent_id, previous)
+                work.case = dataclasses.replace(work.case, status=CaseStatus.QUEUED)
+                self._touch(work.case.id)
+            for case_id, _type, _data in rows:  # say it again on the next pass
+                if case_id in self.cases:
+                    self.cases[case_id].explained = None
+            raise
+        for (work, agent_id, channel, expires, _data, _previous), offer_id in zip(staged, offer_ids):
+            offer = Offer(offer_id, work.case.id, agent_id, channel, now, expires)
+            self.offers[offer_id] = offer
+            work.offer = offer
+            work.explained = None
+            work.case = dataclasses.replace(work.case, status=CaseStatus.OFFERED, updated_at=now)
+        await self.sb.after_write(events)
 
     async def _try_assign(self, work: CaseWork, hopeless: dict[tuple, Selection], now: datetime) -> None:
         req = self.requirement(work)
@@ -622,7 +655,7 @@ class Assigner:
         if chosen is None:
             await self._explain_waiting(work, req, selection, note="the assignment strategy chose nobody")
             return
-        await self._offer(work, chosen, req, selection)
+        self._offer(work, chosen, req, selection, now)
 
     def explanation(self, work: CaseWork, req: Requirement, selection: Selection) -> dict[str, Any]:
         return {
@@ -645,8 +678,9 @@ class Assigner:
             data["note"] = note
         self._explanations.append((work.case.id, "assignment.waiting", data))  # written at the end of the pass
 
-    async def _offer(self, work: CaseWork, agent: AgentState, req: Requirement, selection: Selection) -> None:
-        now = self.sb.clock.now()
+    def _offer(self, work: CaseWork, agent: AgentState, req: Requirement, selection: Selection,
+               now: datetime) -> None:
+        """Choose `agent` for `work`: counted against their capacity now, written with the pass (_flush)."""
         channel = work.case.channel
         expires = now + self.config.offers.timeout_for(channel)
         data = self.explanation(work, req, selection)
@@ -654,24 +688,10 @@ class Assigner:
         data["expires_at"] = expires.isoformat()
         if work.safety_lane and agent.load.get(channel, 0) >= agent.capacity_for(channel):
             data["over_capacity"] = True
-
-        async def unit(tx):
-            offer_id = await tx.insert_offer(work.case.id, agent.id, channel, now, expires)
-            await tx.update_case(work.case.id, status=CaseStatus.OFFERED, updated_at=now)
-            await tx.set_agent_assigned(agent.id, now)
-            data["offer"] = offer_id
-            events = await tx.append_events([(work.case.id, "offer.created", data)], ACTOR, now)
-            return offer_id, events
-
-        offer_id, events = await self.sb.store.write(unit)
-        offer = Offer(offer_id, work.case.id, agent.id, channel, now, expires)
-        self.offers[offer_id] = offer
-        work.offer = offer
-        work.explained = None
-        work.case = dataclasses.replace(work.case, status=CaseStatus.OFFERED, updated_at=now)
+        self._staged.append((work, agent.id, channel, expires, data, agent.last_assigned_at))
         self.workforce.add_load(agent.id, channel, +1)
         self.workforce.mark_assigned(agent.id, now)
-        await self.sb.after_write(events)
+        work.case = dataclasses.replace(work.case, status=CaseStatus.OFFERED)  # out of this pass's queue
 
     # -- case actions from agents and supervisors ----------------------------------------------------------
     def _live(self, work: CaseWork) -> None:

@@ -250,7 +250,7 @@ async def add_link(request: web.Request) -> web.Response:
     other_ref = body["case"].strip().upper()
     if other_ref == ref:
         raise HTTPProblem(400, "bad_request", "a case cannot be linked to itself")
-    await readable_case(request, other_ref)  # a link opens each side to the other's agent: both must be yours
+    await _may_link(request, case, other_ref)
     sb = switchboard_of(request)
     now = sb.clock.now()
 
@@ -268,6 +268,20 @@ async def add_link(request: web.Request) -> web.Response:
     await sb.after_write(events)
     return web.json_response({"case": ref, "linked": other.ref, "relation": relation},
                              status=201 if events else 200)
+
+
+async def _may_link(request: web.Request, case: Case, other_ref: str) -> None:
+    """A link opens each side to the other's agent, so the caller must be able to read the other case too, or
+    it must be about the same order or task as theirs (the platform said so: context.order_id)."""
+    try:
+        await readable_case(request, other_ref)
+    except HTTPProblem as exc:
+        if exc.status != 403:
+            raise
+        other = await switchboard_of(request).store.read(lambda tx: tx.case_by_ref(other_ref))
+        if not (case.order_id and other is not None and other.order_id == case.order_id):
+            raise HTTPProblem(403, "forbidden", f"you cannot link {other_ref}: it is not yours and not about the "
+                                                f"same order as {case.ref}") from None
 
 
 async def merge(request: web.Request) -> web.Response:
