@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Sequence
@@ -100,8 +101,14 @@ class CaseWork:
                 "sla": self.sla.as_dict() if self.sla else {}, "sla_policy": self.sla.policy if self.sla else None}
 
 
+@functools.lru_cache(maxsize=4096)
+def _iso_of(value: datetime) -> str:
+    return value.isoformat()
+
+
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+    # Memoised: the offers of one pass share one `now`, so explanations repeat the same few instants.
+    return _iso_of(value) if value else None
 
 
 def _parse(value: str | None) -> datetime | None:
@@ -130,6 +137,7 @@ class Assigner:
         self._all = True  # the next pass must walk the whole queue
         self._explanations: list[tuple[int, str, dict[str, Any]]] = []  # "waiting" events of the current pass
         self._staged: list[tuple] = []  # offers chosen in the current pass, written together at its end
+        self._requirements: dict[tuple, Requirement] = {}
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -539,7 +547,11 @@ class Assigner:
                tuple(route.get("required_skills") or ()), tuple(route.get("preferred_skills") or ()))
         if work.requirement is not None and work.requirement[0] == key:
             return work.requirement[1]  # parsing skills costs more than this comparison
-        req = self._requirement(work)
+        req = self._requirements.get(key)  # cases routed alike share one (a burst of new cases: one parse)
+        if req is None:
+            if len(self._requirements) > 10_000:
+                self._requirements.clear()
+            req = self._requirements[key] = self._requirement(work)
         work.requirement = (key, req)
         return req
 

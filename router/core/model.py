@@ -198,7 +198,11 @@ class Route:
     reasons: list[str] = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # What dataclasses.asdict gives, built directly (it deep-copies recursively: a hot spot under load).
+        return {"line": self.line, "team": self.team, "tier": self.tier, "priority": self.priority,
+                "required_skills": list(self.required_skills), "preferred_skills": list(self.preferred_skills),
+                "sla_policy": self.sla_policy, "escalation": self.escalation, "safety_lane": self.safety_lane,
+                "rule": self.rule, "reasons": list(self.reasons)}
 
 
 @dataclasses.dataclass(slots=True)

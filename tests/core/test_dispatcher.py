@@ -208,3 +208,18 @@ async def test_unknown_role_is_refused(harness):
     with pytest.raises(InvalidInbound) as info:
         await harness.ingest(external_id="m1", sender=EMAIL, text="hi", context={"role": "astronaut"})
     assert info.value.field == "context.role"
+
+
+def test_route_as_dict_is_the_whole_route():
+    """Route.as_dict is written out by hand for speed: it must still hold every field, copied."""
+    import dataclasses
+
+    from router.core.model import Route
+
+    route = Route(line="poster", team="billing", tier="L2", priority=1, required_skills=["lang:it"],
+                  preferred_skills=["vip"], sla_policy="standard", escalation="standard", safety_lane=True,
+                  rule="refunds", reasons=["topic refund"])
+    as_dict = route.as_dict()
+    assert as_dict == dataclasses.asdict(route)
+    as_dict["reasons"].append("changed")
+    assert route.reasons == ["topic refund"]
