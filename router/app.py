@@ -139,6 +139,6 @@ class Switchboard:
         if wake_outbox:
             self.outbox.wake()
         events = list(events)
-        self.feed.publish(events)
+        await self.feed.publish(events)
         for event in events:
             await self.hooks.case_event(event=event, switchboard=self)

@@ -269,7 +269,8 @@ def cmd_accounts(args: argparse.Namespace) -> int:
         if args.action == "revoke":
             revoked = await store.write(lambda tx: tx.revoke_token(account_id=args.id, at=now))
             return f"{revoked} token(s) and session(s) of {args.id} revoked"
-        await store.write(lambda tx: tx.set_account_disabled(args.id, now if args.action == "disable" else None))
+        await store.write(lambda tx: tx.set_account_disabled(args.id, now if args.action == "disable" else None,
+                                                             source="cli"))
         return f"{args.id} {args.action}d"
 
     try:

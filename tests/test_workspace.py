@@ -155,7 +155,7 @@ async def test_login_sets_a_session_that_works_until_logout(desk):
     no_password = await client.post("/api/v1/auth/login", json={"account": "bruno", "password": "anything-at-all"})
     assert no_password.status == 401  # an account without a password cannot sign in with one
 
-    ok = await client.post("/api/v1/auth/login", json={"account": "anna", "password": PASSWORD})
+    ok = await client.post("/api/v1/auth/login", json={"account": "anna", "password": PASSWORD, "token": True})
     assert ok.status == 200
     assert "sb_session" in ok.cookies and ok.cookies["sb_session"]["httponly"]
     me = await (await client.get("/api/v1/me")).json()  # the cookie jar carries the session
@@ -586,3 +586,67 @@ async def test_a_supervisor_who_works_cases_streams_their_own_offers(http_factor
     assert frame["data"]["case"]["ref"] == ref and frame["data"]["data"]["chosen"] == "lena"
     assert len([f for f in seen if f["event"] == "offer.created"]) == 1  # once, not once per role
     stream.close()
+
+
+# -- review findings: streams follow the credential, supervisors see new cases, surveys after closing -------------
+async def test_a_stream_ends_when_its_session_is_signed_out(http_factory, webhook_receiver):
+    h = await http_factory(workspace_config(webhook_receiver.url, console={"stream_heartbeat": "1s"}),
+                           clock=ManualClock(MONDAY))
+    login = await h.client.post("/api/v1/auth/login", json={"account": "anna", "password": PASSWORD, "token": True})
+    session = auth((await login.json())["token"])
+    stream = await Stream.open(h.client, session)
+    out = await h.client.post("/api/v1/auth/logout", headers=session)
+    assert out.status == 204
+    rest = await asyncio.wait_for(stream.response.content.read(), 5)  # ends at the next check, ~1 s
+    assert b"offer.created" not in rest
+    assert h.sb.feed.count == 0
+
+
+async def test_a_line_supervisor_sees_a_new_case_from_its_first_event(desk):
+    pia = await Stream.open(desk.client, desk.as_("pia"))
+    ref = await desk.customer_writes(role="poster")  # nobody online: the case only waits
+    created, _ = await pia.until("case.created")
+    assert created["data"]["case"]["ref"] == ref and created["data"]["case"]["line"] == "poster"
+    pia.close()
+
+
+async def test_a_score_after_the_case_was_closed_is_still_an_answer(desk):
+    await desk.online("anna")
+    ref = await desk.customer_writes()
+    await desk.take("anna", ref)
+    await desk.client.post(f"/api/v1/cases/{ref}/status", headers=desk.as_("anna"), json={"status": "resolved"})
+    await desk.deliveries("csat")
+    closed = await desk.client.post(f"/api/v1/cases/{ref}/status", headers=desk.as_("anna"), json={"status": "closed"})
+    assert closed.status == 200
+    again = await desk.customer_writes("5")
+    assert again == ref  # recorded on the closed case, not a new case
+    case = await desk.case(ref)
+    assert case["survey"]["score"] == 5 and case["case"]["status"] == "closed"
+
+
+async def test_a_resume_point_this_store_never_gave_resets_the_console(desk):
+    stream = await Stream.open(desk.client, desk.as_("anna"), last_id=10**9)
+    frame = await stream.next()
+    assert frame["event"] == "reset"
+    stream.close()
+
+
+async def test_accounts_taken_out_of_the_configuration_are_disabled(store_factory):
+    from router.app import Switchboard
+    from router.plugins import build_plugin_manager
+
+    async def start(accounts):
+        config = workspace_config(accounts=accounts)
+        sb = Switchboard(config, plugin_manager=build_plugin_manager(entry_points=False),
+                         store=await store_factory(), clock=ManualClock(MONDAY))
+        await sb.start(background=False)
+        return sb
+
+    first = await start([{"id": "anna", "name": "Anna"}, {"id": "pia", "name": "Pia", "role": "supervisor"}])
+    token = await first.accounts.issue("pia", "api", "laptop")
+    assert (await first.accounts.authenticate(token)).role == "supervisor"
+    await first.stop()
+    second = await start([{"id": "anna", "name": "Anna"}])
+    assert await second.accounts.authenticate(token) is None
+    assert (await second.store.read(lambda tx: tx.account("pia")))["disabled_at"] is not None
+    await second.stop()

@@ -122,15 +122,27 @@ class Accounts:
             return await asyncio.to_thread(hash_password, password)
 
         hashes = await asyncio.gather(*(password_hash(a) for a in wanted))
+        configured = {a.id for a in self.sb.config.accounts}
+        # Taken out of the configuration: signed out and disabled (kept, so the log's names stay meaningful).
+        removed = [row["id"] for row in stored.values() if row["source"] == "config" and row["id"] not in configured
+                   and row["disabled_at"] is None]
 
         async def unit(tx):
             for account, hashed in zip(wanted, hashes):
                 agent = account.agent or (account.id if account.role == "agent" else None)
+                previous = stored.get(account.id)
+                if previous is not None and hashed is not None and previous["password_hash"]:
+                    await tx.revoke_token(account_id=account.id, at=now)  # a new password ends old sessions
                 await tx.put_account(account.id, name=account.name, role=account.role, agent_id=agent,
                                      lines=account.lines, teams=account.teams, password_hash=hashed, source="config",
                                      at=now)
+                if previous is not None and previous["disabled_at"] is not None and previous["source"] == "config":
+                    await tx.set_account_disabled(account.id, None)  # back in the configuration
+            for account_id in removed:
+                await tx.revoke_token(account_id=account_id, at=now)
+                await tx.set_account_disabled(account_id, now)
 
-        if wanted:
+        if wanted or removed:
             await self.sb.store.write(unit)
 
     async def login(self, account_id: str, password: str) -> tuple[str, Principal]:

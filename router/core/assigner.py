@@ -624,7 +624,7 @@ class Assigner:
         try:
             offer_ids, events = await self.sb.store.write(unit)
         except BaseException:
-            for work, agent_id, channel, _expires, data, previous in staged:  # not written: not offered
+            for work, agent_id, channel, _expires, data, previous in reversed(staged):  # not written: undone
                 data.pop("offer", None)
                 self.workforce.add_load(agent_id, channel, -1)
                 self.workforce.mark_assigned(agent_id, previous)
@@ -805,12 +805,18 @@ class Assigner:
                 raise AssignmentError(409, "conflict", f"{work.case.ref} is {work.case.status.value}: only a case "
                                                        "someone holds can wait on the customer")
             now = self.sb.clock.now()
+            before = work.sla.as_dict() if work.sla else None
             if work.sla:
                 work.sla.pause(now)
-            await self._persist(work, [(work.case.id, "case.status_changed",
-                                        {"from": work.case.status.value, "to": CaseStatus.WAITING_CUSTOMER.value,
-                                         "by": agent_id})],
-                                case_changes={"status": CaseStatus.WAITING_CUSTOMER}, actor=agent_id)
+            try:
+                await self._persist(work, [(work.case.id, "case.status_changed",
+                                            {"from": work.case.status.value,
+                                             "to": CaseStatus.WAITING_CUSTOMER.value, "by": agent_id})],
+                                    case_changes={"status": CaseStatus.WAITING_CUSTOMER}, actor=agent_id)
+            except BaseException:
+                if work.sla is not None and before is not None:
+                    work.sla = work.sla.copy(before)  # not written: the clocks still run
+                raise
 
     async def finish(self, work: CaseWork, status: CaseStatus, *, by: str, supervisor: bool = False) -> None:
         """Resolve or close: the agent's capacity is freed and the resolution clock stops."""
@@ -973,6 +979,10 @@ class Assigner:
         case = await tx.case_by_ref(ref)
         if case is None:
             raise AssignmentError(404, "not_found", f"no case {ref}")
+        # The customer's lock, as ingest takes it: a message reopening this case at the same moment (another
+        # node, PostgreSQL) is either fully before this change or sees it.
+        await tx.lock_customer(case.customer_id)
+        case = await tx.case_by_id(case.id)
         if case.merged_into is not None:
             into = await tx.case_by_id(case.merged_into)
             raise AssignmentError(409, "conflict", f"{ref} was merged into {into.ref if into else case.merged_into}")
@@ -994,6 +1004,8 @@ class Assigner:
                 for wanted, case in ((ref, source), (into, target)):
                     if case is None:
                         raise AssignmentError(404, "not_found", f"no case {wanted}")
+                await tx.lock_customer(source.customer_id)  # no message lands on the source while it moves
+                source, target = await tx.case_by_id(source.id), await tx.case_by_id(target.id)
                 for case in (source, target):
                     if case.merged_into is not None:
                         raise AssignmentError(409, "conflict", f"{case.ref} was merged already")

@@ -36,8 +36,9 @@ def score_of(text: str) -> tuple[int, str | None] | None:
 
 
 async def open_survey(tx: "Tx", case: Case, now: datetime, window) -> dict[str, Any] | None:
-    """The survey of a resolved case still waiting for its answer, if any."""
-    if case.status != CaseStatus.RESOLVED or case.resolved_at is None:
+    """The survey of a resolved (or since closed) case still waiting for its answer, if any."""
+    if case.status not in (CaseStatus.RESOLVED, CaseStatus.CLOSED) or case.resolved_at is None \
+            or case.merged_into is not None:
         return None
     survey = await tx.latest_survey(case.id)
     if survey is None or survey["answered_at"] is not None or survey["sent_at"] < case.resolved_at:

@@ -179,7 +179,7 @@ class Dispatcher:
             for name, value in changes.items():
                 setattr(previous, name, value)
             return previous, IngestOutcome.APPENDED
-        if previous is not None and previous.status == CaseStatus.RESOLVED and not message.auto_generated \
+        if previous is not None and not previous.is_open and not message.auto_generated \
                 and await self._survey_answer(tx, message, previous, customer, work):
             return previous, IngestOutcome.APPENDED  # a satisfaction score: recorded, the case stays resolved
         window = self.config.threading.reopen_window

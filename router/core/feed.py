@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -67,15 +67,18 @@ class Subscriber:
         try:
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
-            self.dropped = True  # the stream ends with a reset; the client catches up from the store
-            self.queue.get_nowait()
-            self.queue.put_nowait(None)
+            # The stream ends with a reset; the client resumes after the last frame it *received*, so the
+            # frames still queued are dropped (the store replays them), never some of them.
+            self._end(None)
 
     def closing(self) -> None:
+        self._end(CLOSE)
+
+    def _end(self, sentinel: bytes | None) -> None:
         self.dropped = True
-        while self.queue.full():
+        while not self.queue.empty():
             self.queue.get_nowait()
-        self.queue.put_nowait(CLOSE)
+        self.queue.put_nowait(sentinel)
 
 
 def frame(event: Event, case: CaseInfo | None) -> bytes:
@@ -173,8 +176,12 @@ class Feed:
         return case is not None and principal.covers(case.line, case.team)
 
     # -- publishing ---------------------------------------------------------------------------------------------
-    def publish(self, events: Iterable[Event]) -> None:
+    async def publish(self, events: list[Event]) -> None:
         """Called after every committed write, in commit order."""
+        if self.broad:  # supervisors see cases before assignment takes them in: read what the feed lacks
+            unknown = {e.case_id for e in events if e.case_id is not None and self.case_info(e.case_id) is None}
+            if unknown:
+                await self._learn(unknown)
         for event in events:
             case = self.case_info(event.case_id)
             if case is not None and event.type == "case.status_changed":
@@ -194,6 +201,20 @@ class Feed:
                     encoded = encoded or frame(event, case)
                     sub.push(encoded)
 
+    async def _learn(self, case_ids: set[int]) -> None:
+        async def unit(tx):
+            found = []
+            for case_id in case_ids:
+                case = await tx.case_by_id(case_id)
+                if case is not None:
+                    work = await tx.case_work(case_id) if case.is_open else None
+                    found.append((case, work["agent_id"] if work else None))
+            return found
+
+        for case, holder in await self.sb.store.read(unit):
+            self._remember(case.id, CaseInfo(case.ref, case.subject, case.status.value, case.channel, case.line,
+                                             case.team, case.tier, case.priority, holder))
+
     async def backlog(self, principal: Principal, after_id: int) -> tuple[list[bytes], int, bool]:
         """Frames a reconnecting stream missed since `after_id`: (frames, last id read, complete). Not complete
         when more than ``console.stream_backlog`` events went by: the client must reload its state."""
@@ -203,6 +224,9 @@ class Feed:
         read = 0
         while True:
             page = await self.sb.store.read(lambda tx: tx.events_after(last, 500))
+            unknown = {e.case_id for e in page if e.case_id is not None and self.case_info(e.case_id) is None}
+            if unknown:
+                await self._learn(unknown)
             for event in page:
                 case = self.case_info(event.case_id)
                 if self.visible(principal, event, case, self.agents_named(event, case)):

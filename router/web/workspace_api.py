@@ -29,8 +29,11 @@ async def login(request: web.Request) -> web.Response:
         token, who = await sb.accounts.login(body["account"].strip(), body["password"])
     except AccountError as exc:
         raise HTTPProblem(exc.status, exc.code, exc.detail) from None
-    response = web.json_response({"account": who.as_json(), "token": token,
-                                  "expires_in": int(sb.config.console.session_ttl.total_seconds())})
+    answer: dict[str, Any] = {"account": who.as_json(),
+                              "expires_in": int(sb.config.console.session_ttl.total_seconds())}
+    if body.get("token") is True:  # a script asked for it; a browser keeps the session in the HttpOnly cookie only
+        answer["token"] = token
+    response = web.json_response(answer)
     # Secure over HTTPS, including behind a TLS-terminating proxy that says so.
     secure = request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
     response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict", path="/",
@@ -86,20 +89,29 @@ async def stream(request: web.Request) -> web.StreamResponse:
         raise HTTPProblem(400, "bad_request", "Last-Event-ID (or after) must be an event id") from None
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
+    credential = bearer(request) or request.cookies.get(SESSION_COOKIE) or ""
     sub = feed.subscribe(who)  # before reading the backlog, so nothing falls between the two
     try:
-        if after is None:
-            frames, last, complete = [], await feed.latest_id(), True
-        else:
-            frames, last, complete = await feed.backlog(who, after)
+        frames, last, complete = [], 0, True
+        if after is not None:
+            if after > await feed.latest_id():  # an id this store never gave (restored, another deployment)
+                complete = False
+            else:
+                frames, last, complete = await feed.backlog(who, after)
         await response.prepare(request)
         await response.write(b"retry: 2000\n: connected\n\n" + b"".join(frames))
         if not complete:
-            await response.write(reset_frame("too many events were missed; reload"))
+            await response.write(reset_frame("the events since your last one cannot be replayed; reload"))
         heartbeat = sb.config.console.stream_heartbeat.total_seconds()
+        loop = asyncio.get_running_loop()
+        check_at = loop.time() + heartbeat
         while True:
+            if loop.time() >= check_at:  # busy or idle, the caller is checked again every heartbeat
+                if not await _still(sb, who, credential):  # signed out, revoked, disabled or changed
+                    break
+                check_at = loop.time() + heartbeat
             try:
-                item = await asyncio.wait_for(sub.queue.get(), timeout=heartbeat)
+                item = await asyncio.wait_for(sub.queue.get(), timeout=max(0.0, check_at - loop.time()))
             except asyncio.TimeoutError:
                 await response.write(b": ping\n\n")
                 continue
@@ -123,6 +135,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
         return response
     finally:
         feed.unsubscribe(sub)
+
+
+async def _still(sb, who: Principal, credential: str) -> bool:
+    """Whether the credential a stream was opened with still stands for the same caller (checked at each
+    heartbeat: a stream must not outlive a sign-out, a revoked token or a changed role)."""
+    now = (sb.integration_principal(credential) if who.kind == "integration"
+           else await sb.accounts.authenticate(credential))
+    return now == who
 
 
 def _frame_id(frame: bytes) -> int:

@@ -274,7 +274,7 @@ async def test_accounts_made_with_the_cli_sign_in_on_the_running_server(tmp_path
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         async def login(account, password):
             async with session.post(f"{server.url}/api/v1/auth/login",
-                                    json={"account": account, "password": password}) as response:
+                                    json={"account": account, "password": password, "token": True}) as response:
                 return response.status, await response.json()
 
         status, body = await login("pia", "pia-secret-1")

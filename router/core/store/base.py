@@ -748,10 +748,12 @@ class Tx(abc.ABC):
             account_id, name, role, agent_id, lines, teams, password_hash, source, at,
         )
 
-    async def set_account_disabled(self, account_id: str, at: datetime | None) -> bool:
-        """Disable (at a time) or enable (None) an account; its tokens stop working while it is disabled."""
+    async def set_account_disabled(self, account_id: str, at: datetime | None, *, source: str | None = None) -> bool:
+        """Disable (at a time) or enable (None) an account; its tokens stop working while it is disabled. With
+        `source`, the account is also marked as changed there (``cli``: configuration no longer overrides it)."""
         return await self.fetchval(
-            "UPDATE accounts SET disabled_at = $2 WHERE id = $1 RETURNING id", account_id, at) is not None
+            "UPDATE accounts SET disabled_at = $2, source = COALESCE($3, source) WHERE id = $1 RETURNING id",
+            account_id, at, source) is not None
 
     async def insert_token(self, account_id: str, kind: str, name: str | None, token_hash: str, at: datetime,
                            expires_at: datetime | None) -> int:

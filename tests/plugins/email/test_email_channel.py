@@ -104,8 +104,12 @@ async def test_mail_in_reply_out_and_the_customers_answer_threads_back(http_fact
     assert inbound[0]["meta"]["raw_ref"].startswith("raw_payloads/")
     # Both mails are marked seen on the server once stored.
     assert all(b"\\Seen" in f for f in flags(dovecot, addresses["posters"]).values())
-    status = await (await client.get("/api/v1/email/mailboxes", headers=auth(READER_TOKEN))).json()
-    [box] = status["mailboxes"]
+    async def counted():  # the mailbox counts a mail once its write returned, a moment after it is readable
+        status = await (await client.get("/api/v1/email/mailboxes", headers=auth(READER_TOKEN))).json()
+        [box] = status["mailboxes"]
+        return box if box["counts"].get("appended") else None
+
+    box = await wait_for(counted)
     assert box["connected"] and box["counts"]["created"] == 1 and box["counts"]["appended"] == 1
 
 
