@@ -381,6 +381,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         for integration in config.integrations:
             print(f"  integration {integration.name}: token from ${integration.token.env}, "
                   f"scopes {', '.join(integration.scopes)}", flush=True)
+        if config.accounts:
+            print(f"  console: http://{host}:{port}/console ({len(config.accounts)} accounts in the configuration; "
+                  "switchboard accounts list shows all)", flush=True)
         print("  POST /api/v1/messages to open a case; Ctrl+C to stop", flush=True)
 
     web.run_app(create_app(sb), host=host, port=port, print=banner, access_log=None,
