@@ -9,6 +9,7 @@ who opens a case that is not theirs sees why it was refused.
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import hashlib
 import hmac
@@ -342,9 +343,15 @@ async def test_agent_takes_an_offer_live_answers_through_the_channel_notes_and_r
     # Reply: the customer gets it through the API channel's webhook, signed; the thread shows it as sent.
     reply_text = f"Open the task, press Edit and change the text. ({unique('r')})"
     await page.get_by_test_id("reply-text").fill(reply_text)
+    screenshot = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8  # binary, every byte value
+    await page.get_by_test_id("reply-files").set_input_files(
+        files=[{"name": "edit-button.png", "mimeType": "image/png", "buffer": screenshot}])
     await page.get_by_test_id("reply-send").click()
     await expect(page.get_by_test_id("reply-text")).to_have_value("")  # cleared once the server took it
     delivered = await deployment.hook.wait_for(lambda d: d.get("text") == reply_text)
+    [attached] = delivered["json"]["attachments"]  # the file went to the customer with the reply, byte for byte
+    assert (attached["filename"], attached["content_type"]) == ("edit-button.png", "image/png")
+    assert base64.b64decode(attached["content"]) == screenshot
     assert delivered["signature_ok"], delivered
     assert delivered["content_type"] == "application/json"
     body = delivered["json"]
@@ -355,6 +362,10 @@ async def test_agent_takes_an_offer_live_answers_through_the_channel_notes_and_r
     outgoing = thread.locator('[data-testid="message"][data-direction="out"]', has_text=reply_text)
     await expect(outgoing).to_have_count(1)
     await expect(outgoing.get_by_test_id("delivery-status")).to_have_text("sent")
+    link = outgoing.get_by_test_id("attachment")
+    await expect(link).to_have_text("edit-button.png (3 KB)")  # 2,056 bytes, rounded up
+    download = await page.request.get(deployment.url + await link.get_attribute("href"))  # the page's cookie
+    assert download.status == 200 and await download.body() == screenshot
     await expect(page.get_by_test_id("retry-outbound")).to_have_count(0)
 
     # An internal note: shown as a note, never delivered to the customer.

@@ -530,7 +530,17 @@ function messageItem(m, deliveries) {
 
 function attachmentItem(a) {
   const size = a.size != null ? ` (${Math.ceil(a.size / 1024)} KB)` : "";
-  return el("li", { text: `${a.filename ?? "attachment"}${size}` });
+  const name = `${a.filename ?? "attachment"}${size}`;
+  if (a.id == null || !state.openRef) return el("li", { text: name });
+  const href = `/api/v1/cases/${encodeURIComponent(state.openRef)}/attachments/${a.id}`;
+  return el("li", {}, el("a", { href, download: a.filename ?? "attachment", "data-testid": "attachment", text: name }));
+}
+
+async function fileAsAttachment(file) {
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return { filename: file.name, content_type: file.type || "application/octet-stream", content: btoa(binary) };
 }
 
 function deliveryLine(o) {
@@ -572,14 +582,18 @@ const reasonOr = (fallback) => $("action-reason").value.trim() || fallback;
 const clearReason = () => { $("action-reason").value = ""; };
 const submitter = (event) => event.submitter ?? event.target.querySelector('[type="submit"]');
 
-function sendReply(event) {
+async function sendReply(event) {
   event.preventDefault();
+  const button = submitter(event);
   const text = $("reply-text").value.trim();
-  if (!text) return displayError("Write a reply before sending.");
+  const files = [...$("reply-files").files];
+  if (!text && files.length === 0) return displayError("Write a reply or attach a file before sending.");
   const body = { text, waiting_customer: $("reply-waiting").checked };
   if ($("reply-to").value) body.to = $("reply-to").value;
-  caseAction(submitter(event), "replies", body, () => {
+  if (files.length) body.attachments = await Promise.all(files.map(fileAsAttachment));
+  caseAction(button, "replies", body, () => {
     $("reply-text").value = "";
+    $("reply-files").value = "";
     $("reply-waiting").checked = false;
   });
 }
