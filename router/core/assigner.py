@@ -117,7 +117,12 @@ def _parse(value: str | None) -> datetime | None:
 
 def requirement_text(req: Requirement) -> list[list[str]]:
     """A requirement as operators write it: [["team:billing", "team:general"], ["lang:it>=3"]]."""
-    return [sorted(f"{name}>={level}" if level > 1 else name for name, level in group) for group in req]
+    return [list(group) for group in _requirement_text(req)]  # a copy: callers put it in events
+
+
+@functools.lru_cache(maxsize=1024)
+def _requirement_text(req: Requirement) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(sorted(f"{name}>={level}" if level > 1 else name for name, level in group)) for group in req)
 
 
 class Assigner:
@@ -628,7 +633,6 @@ class Assigner:
                 data.pop("offer", None)
                 self.workforce.add_load(agent_id, channel, -1)
                 self.workforce.mark_assigned(agent_id, previous)
-                work.case = dataclasses.replace(work.case, status=CaseStatus.QUEUED)
                 self._touch(work.case.id)
             for case_id, _type, _data in rows:  # say it again on the next pass
                 if case_id in self.cases:
@@ -703,7 +707,6 @@ class Assigner:
         self._staged.append((work, agent.id, channel, expires, data, agent.last_assigned_at))
         self.workforce.add_load(agent.id, channel, +1)
         self.workforce.mark_assigned(agent.id, now)
-        work.case = dataclasses.replace(work.case, status=CaseStatus.OFFERED)  # out of this pass's queue
 
     # -- case actions from agents and supervisors ----------------------------------------------------------
     def _live(self, work: CaseWork) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -92,6 +93,13 @@ def reset_frame(reason: str) -> bytes:
     return b"event: reset\ndata: %s\n\n" % orjson.dumps({"reason": reason})
 
 
+@functools.cache
+def _assigner_key():
+    from router.core.assigner import ASSIGNER  # the assigner imports the web-facing model; the feed is below it
+
+    return ASSIGNER
+
+
 class Feed:
     def __init__(self, switchboard: "Switchboard"):
         self.sb = switchboard
@@ -133,9 +141,7 @@ class Feed:
         """What the feed knows of a case: from assignment's working set when open, else the last seen."""
         if case_id is None:
             return None
-        from router.core.assigner import ASSIGNER
-
-        assigner = self.sb.stash.get(ASSIGNER)
+        assigner = self.sb.stash.get(_assigner_key())
         work = assigner.cases.get(case_id) if assigner is not None else None
         if work is not None:
             case = work.case
