@@ -106,6 +106,7 @@ class Feed:
         self.by_agent: dict[str, set[Subscriber]] = collections.defaultdict(set)
         self.broad: set[Subscriber] = set()  # supervisors, admins, integrations
         self._cases: collections.OrderedDict[int, CaseInfo] = collections.OrderedDict()
+        self._order = asyncio.Lock()
 
     # -- subscribers ------------------------------------------------------------------------------------------
     def subscribe(self, principal: Principal) -> Subscriber:
@@ -183,11 +184,16 @@ class Feed:
 
     # -- publishing ---------------------------------------------------------------------------------------------
     async def publish(self, events: list[Event]) -> None:
-        """Called after every committed write, in commit order."""
-        if self.broad:  # supervisors see cases before assignment takes them in: read what the feed lacks
-            unknown = {e.case_id for e in events if e.case_id is not None and self.case_info(e.case_id) is None}
-            if unknown:
-                await self._learn(unknown)
+        """Called after every committed write, in commit order (kept: a publish waiting for a read holds the
+        next one back, so a stream never gets a later event before an earlier one)."""
+        async with self._order:
+            if self.broad:  # supervisors see cases before assignment takes them in: read what the feed lacks
+                unknown = {e.case_id for e in events if e.case_id is not None and self.case_info(e.case_id) is None}
+                if unknown:
+                    await self._learn(unknown)
+            self._push(events)
+
+    def _push(self, events: list[Event]) -> None:
         for event in events:
             case = self.case_info(event.case_id)
             if case is not None and event.type == "case.status_changed":
