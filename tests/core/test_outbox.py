@@ -125,3 +125,29 @@ async def test_no_acknowledgement_is_queued_where_nothing_can_deliver_it(harness
         {"name": "backend", "token": {"$env": "SB_TEST_TOKEN"}, "scopes": ["ingest"]}]))
     result = await h.ingest(external_id="backend/m1", sender=EMAIL, text="hello")
     assert result.outbound_ids == [] and await _outbound(h, result.case.id) == []
+
+
+async def test_stopping_a_worker_survives_a_swallowed_cancellation():
+    """On Python 3.11 asyncio.wait_for can swallow a cancellation (gh-86296); a worker looping around it must
+    still stop when the application shuts down, instead of holding the shutdown for ever."""
+    import asyncio
+
+    from router.core.tasks import cancel_and_wait
+
+    swallowed = 0
+
+    async def worker():
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed == 0:  # what the wait_for race does: the cancellation is lost once
+                    swallowed += 1
+                    continue
+                raise
+
+    task = asyncio.create_task(worker())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(task), timeout=5)
+    assert task.cancelled() and swallowed == 1
