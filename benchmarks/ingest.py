@@ -21,10 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+from _cpu import machine_busy_s, process_cpu_s  # noqa: E402 - the benchmarks folder, run as scripts
 
 HERE = Path(__file__).resolve().parent
 LUA_SCRIPT = HERE / "ingest.lua"
-BARE_SERVER = HERE / "bare_server.py"
+BARE_SERVER = HERE / "_bare_server.py"
 VENV_BIN = Path(sys.executable).parent  # run with .venv/bin/python: both servers use this interpreter
 PATH = "/api/v1/messages"
 INTEGRATION = "bench"
@@ -32,7 +33,6 @@ TOKEN_ENV = "SWITCHBOARD_BENCH_TOKEN"
 TARGET_RATIO = 0.4
 TARGET_P99_MS = 50.0
 SETTLE_SECONDS = 1.0  # after wrk stops, requests it left in flight finish well within this
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NOISY_OTHERS = 0.1  # cores used by other processes past which a measurement is flagged as noisy
 
 # Acknowledgements stay at their default (enabled), but the integration has no webhook: the API channel then
@@ -129,21 +129,8 @@ class Cpu:
                 f"(of {os.cpu_count()})")
 
 
-def _machine_busy_s() -> float:
-    """CPU-seconds the whole machine spent on processes (user, nice, system) or lost to the hypervisor (steal).
-
-    Interrupt time is left out: the kernel does not charge it to any process, and most of it here is the
-    loopback traffic of the benchmark itself.
-    """
-    with open("/proc/stat") as stat:
-        user, nice, system, _idle, _iowait, _irq, _softirq, steal = (int(t) for t in stat.readline().split()[1:9])
-    return (user + nice + system + steal) / CLOCK_TICKS
 
 
-def _process_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: all threads
 
 
 def _children_cpu_s() -> float:
@@ -211,9 +198,9 @@ def warm_up(port: int, args: argparse.Namespace, token: str) -> None:
 
 def measure(port: int, pid: int, args: argparse.Namespace, token: str) -> tuple[Load, Cpu]:
     """The measured wrk run, and the CPU that the server, wrk and everything else used meanwhile."""
-    before = time.monotonic(), _machine_busy_s(), _process_cpu_s(pid), _children_cpu_s()
+    before = time.monotonic(), machine_busy_s(), process_cpu_s(pid), _children_cpu_s()
     load = run_wrk(port, args.duration, args, token, "run")
-    after = time.monotonic(), _machine_busy_s(), _process_cpu_s(pid), _children_cpu_s()
+    after = time.monotonic(), machine_busy_s(), process_cpu_s(pid), _children_cpu_s()
     wall, busy, server, wrk = (b - a for a, b in zip(before, after))
     return load, Cpu(server / wall, wrk / wall, max(busy - server - wrk, 0.0) / wall)
 

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
+from _cpu import machine_busy_s, process_cpu_s  # noqa: E402 - the benchmarks folder, run as scripts
 
 try:
     import orjson
@@ -44,7 +45,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VENV_BIN = Path(sys.executable).parent  # run with .venv/bin/python: both servers use this interpreter
 TARGET_P99_MS = 100.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NOISY_OTHERS = 0.1  # cores used by other processes past which a measurement is flagged as noisy
 STREAM_PATH = "/api/v1/stream"
 MESSAGES_PATH = "/api/v1/messages"
@@ -173,17 +173,8 @@ def wal_commits(db: Path) -> int:
 
 
 # -- CPU accounting ------------------------------------------------------------------------------------------------
-def _machine_busy_s() -> float:
-    """CPU-seconds the machine spent on processes (user, nice, system) or lost to the hypervisor (steal)."""
-    with open("/proc/stat") as stat:
-        user, nice, system, _idle, _iowait, _irq, _softirq, steal = (int(t) for t in stat.readline().split()[1:9])
-    return (user + nice + system + steal) / CLOCK_TICKS
 
 
-def _process_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: all threads
 
 
 def _self_cpu_s() -> float:
@@ -216,8 +207,8 @@ class CpuMeter:
         self.before = self._sample()
 
     def _sample(self) -> tuple[float, ...]:
-        profiler = _process_cpu_s(self.profiler) if self.profiler else 0.0  # still readable as a zombie
-        return time.monotonic(), _machine_busy_s(), _process_cpu_s(self.pid), _self_cpu_s(), profiler
+        profiler = process_cpu_s(self.profiler) if self.profiler else 0.0  # still readable as a zombie
+        return time.monotonic(), machine_busy_s(), process_cpu_s(self.pid), _self_cpu_s(), profiler
 
     def stop(self) -> Cpu:
         wall, busy, server, driver, profiler = (b - a for a, b in zip(self.before, self._sample()))

@@ -27,6 +27,7 @@ from router.core.model import Case, CaseStatus, Customer, Identity, InboundMessa
 from router.core.requirements import agent_skills, requirement_for
 from router.core.routing import RoutingEngine
 from router.core.workforce import AWAY, OFFLINE, ONLINE, AgentState, Workforce
+from _cpu import machine_busy_s  # noqa: E402 - the benchmarks folder, run as scripts
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE_CONFIG = HERE.parent / "config"
@@ -41,7 +42,6 @@ START = datetime(2026, 3, 11, 16, 45, tzinfo=timezone.utc)
 STEP = timedelta(seconds=1)
 CHURN_EVERY = 25  # decisions between two presence changes (one agent leaves, another comes back)
 SCHEDULE_EVERY = 100  # decisions between two schedule changes (one agent's shift ends, another's starts)
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NOISY_OTHERS = 0.1  # cores used by other processes past which a measurement is flagged as noisy
 LANGUAGES = ("en", "it", "ru", "uz")
 CHANNELS = {  # channel: (share of messages, accounts with their shares)
@@ -691,11 +691,6 @@ class Stats:
         return (f"{self.p50:8.1f} {self.p90:8.1f} {self.p99:8.1f} {self.max:9.1f} {self.mean:8.1f}")
 
 
-def _machine_busy_s() -> float:
-    """CPU-seconds the whole machine spent on processes (user, nice, system) or lost to the hypervisor (steal)."""
-    with open("/proc/stat") as stat:
-        user, nice, system, _idle, _iowait, _irq, _softirq, steal = (int(t) for t in stat.readline().split()[1:9])
-    return (user + nice + system + steal) / CLOCK_TICKS
 
 
 def ratio(a: float, b: float) -> float:
@@ -781,7 +776,7 @@ def main() -> int:
         run_block(world, engine, samples, len(samples), chooser, limit, tiers, record=False)
         baseline.run(samples, 0, len(samples), record=False)
     per_round = [args.decisions // args.rounds + (r < args.decisions % args.rounds) for r in range(args.rounds)]
-    before = time.monotonic(), _machine_busy_s(), time.process_time()
+    before = time.monotonic(), machine_busy_s(), time.process_time()
     done = len(samples)
     for block in per_round:
         for world in worlds:
@@ -789,7 +784,7 @@ def main() -> int:
         for baseline in baselines:
             baseline.run(samples, done, block, record=True)
         done += block
-    after = time.monotonic(), _machine_busy_s(), time.process_time()
+    after = time.monotonic(), machine_busy_s(), time.process_time()
     wall, busy, own = (b - a for a, b in zip(before, after))
     others = max(busy - own, 0.0) / wall
 
