@@ -85,6 +85,16 @@ class Desk:
         response = await self.client.post(f"/api/v1/offers/{offer.id}/accept", headers=self.as_(name), json={})
         assert response.status == 200, await response.text()
 
+    async def resolved_and_surveyed(self, name="anna"):
+        """A case `name` took and resolved, whose satisfaction survey reached the customer."""
+        ref = await self.customer_writes()
+        await self.take(name, ref)
+        resolved = await self.client.post(f"/api/v1/cases/{ref}/status", headers=self.as_(name),
+                                          json={"status": "resolved"})
+        assert resolved.status == 200, await resolved.text()
+        await self.deliveries("csat")
+        return ref
+
     async def case(self, ref, who="pia"):
         response = await self.client.get(f"/api/v1/cases/{ref}", headers=self.as_(who))
         assert response.status == 200, await response.text()
@@ -448,10 +458,7 @@ async def test_a_low_score_is_recorded_and_opens_a_quality_follow_up(desk):
 
 async def test_a_good_score_opens_nothing_and_text_reopens(desk):
     await desk.online("anna")
-    ref = await desk.customer_writes()
-    await desk.take("anna", ref)
-    await desk.client.post(f"/api/v1/cases/{ref}/status", headers=desk.as_("anna"), json={"status": "resolved"})
-    await desk.deliveries("csat")
+    ref = await desk.resolved_and_surveyed("anna")
     await desk.customer_writes("5 stars, thanks!")
     case = await desk.case(ref)
     assert case["survey"]["score"] == 5 and case["links"] == [] and case["case"]["status"] == "resolved"
@@ -612,10 +619,7 @@ async def test_a_line_supervisor_sees_a_new_case_from_its_first_event(desk):
 
 async def test_a_score_after_the_case_was_closed_is_still_an_answer(desk):
     await desk.online("anna")
-    ref = await desk.customer_writes()
-    await desk.take("anna", ref)
-    await desk.client.post(f"/api/v1/cases/{ref}/status", headers=desk.as_("anna"), json={"status": "resolved"})
-    await desk.deliveries("csat")
+    ref = await desk.resolved_and_surveyed("anna")
     closed = await desk.client.post(f"/api/v1/cases/{ref}/status", headers=desk.as_("anna"), json={"status": "closed"})
     assert closed.status == 200
     again = await desk.customer_writes("5")

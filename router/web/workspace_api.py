@@ -232,12 +232,18 @@ async def get_attachment(request: web.Request) -> web.Response:
 
 
 # -- notes, links, merges -------------------------------------------------------------------------------------------
-async def add_note(request: web.Request) -> web.Response:
-    """An internal note: kept on the case, seen by colleagues, never sent to the customer."""
+async def _workable_case(request: web.Request, refusal: str) -> tuple[str, Principal, Case]:
+    """The path's case, for a caller who may read it and works cases (the `agent` permission); else 403."""
     ref = request.match_info["ref"].upper()
     who, case, _work = await readable_case(request, ref)
     if "agent" not in who.scopes:
-        raise HTTPProblem(403, "forbidden", "notes are written by agents and supervisors")
+        raise HTTPProblem(403, "forbidden", refusal)
+    return ref, who, case
+
+
+async def add_note(request: web.Request) -> web.Response:
+    """An internal note: kept on the case, seen by colleagues, never sent to the customer."""
+    ref, who, case = await _workable_case(request, "notes are written by agents and supervisors")
     body = await _body(request, "text")
     author = who.actor if who.is_person else body.get("agent") or who.actor
     sb = switchboard_of(request)
@@ -259,10 +265,7 @@ async def add_note(request: web.Request) -> web.Response:
 
 async def add_link(request: web.Request) -> web.Response:
     """Link the cases of the two sides of one task or order, so each side's agent sees the other."""
-    ref = request.match_info["ref"].upper()
-    who, case, work = await readable_case(request, ref)
-    if "agent" not in who.scopes:
-        raise HTTPProblem(403, "forbidden", "cases are linked by agents and supervisors")
+    ref, who, case = await _workable_case(request, "cases are linked by agents and supervisors")
     body = await _body(request, "case")
     relation = body.get("relation", "other_side")
     if relation not in RELATIONS:
