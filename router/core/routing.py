@@ -85,6 +85,7 @@ class RoutingEngine:
         self.line_by_role = {role: name for name, line in config.lines.items() for role in line.roles}
         self.calendars = {name: BusinessCalendar(cal) for name, cal in config.calendars.items()}
         self.rules = [self._compile(rule) for rule in config.routing.rules]
+        self._index_rules()
 
     @staticmethod
     def _compile(rule: RuleConfig) -> _CompiledRule:
@@ -97,6 +98,34 @@ class RoutingEngine:
             pattern=re.compile(when.pattern, re.IGNORECASE) if when.pattern else None,
             expr=Expression(when.expr) if when.expr else None,
         )
+
+    def _index_rules(self) -> None:
+        """Bitsets over the rules (bit i = rule i) for each value of each list condition, so a message's
+        facts select the rules whose list conditions all hold with a few dict lookups and integer ANDs, and only
+        those are looked at in order: with hundreds of rules, most of them never cost a Python-level check."""
+        every = (1 << len(self.rules)) - 1
+        self._unconditioned: dict[str, int] = {f: every for f in LIST_CONDITION_FIELDS}
+        self._allowing: dict[str, dict[str, int]] = {f: {} for f in LIST_CONDITION_FIELDS}
+        for i, compiled in enumerate(self.rules):
+            bit = 1 << i
+            for field, allowed in compiled.sets.items():
+                self._unconditioned[field] &= ~bit
+                by_value = self._allowing[field]
+                for value in allowed:
+                    by_value[value] = by_value.get(value, 0) | bit
+
+    def _candidates(self, facts: dict[str, Any], topics: set[str]) -> int:
+        """The rules whose list conditions (channel, account, line, role, language, urgency, topic) all hold."""
+        unconditioned, allowing = self._unconditioned, self._allowing
+        mask = unconditioned["topic"]
+        by_topic = allowing["topic"]
+        for topic in topics:
+            mask |= by_topic.get(topic, 0)
+        for field in ("channel", "account", "line", "role", "language", "urgency"):
+            if not mask:
+                break
+            mask &= unconditioned[field] | allowing[field].get(facts[field], 0)
+        return mask
 
     # -- classification -------------------------------------------------------------------------------------
     def classify(self, message: InboundMessage, customer: Customer) -> dict[str, Any]:
@@ -139,7 +168,12 @@ class RoutingEngine:
         topics = set(labels.get("topics") or ())
         cel_context = None  # built once, only if some rule's declarative conditions hold and it has an expr
         opening: list[bool] = []  # whether the line is open now: asked once per message, only if a rule cares
-        for compiled in self.rules:
+        rules = self.rules
+        candidates = self._candidates(facts, topics)
+        while candidates:  # in rule order: lowest bit first
+            low = candidates & -candidates
+            candidates ^= low
+            compiled = rules[low.bit_length() - 1]
             reasons = self._match(compiled, facts, topics, text, now, opening)
             if reasons is None:
                 continue
