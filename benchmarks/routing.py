@@ -292,6 +292,7 @@ def build_config(folder: Path, rng: random.Random) -> Config:
     for path in EXAMPLE_CONFIG.glob("*.yaml"):
         data.update(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     data.pop("agents", None)  # the workforce is generated, not configured
+    data.pop("accounts", None)  # the example's logins name its agents: they go with them
     data["integrations"] = []
     data["calendars"]["office-london"] = {"timezone": "Europe/London", "hours": {"mon-fri": ["08:00-18:00"]}}
     data["lines"]["enterprise"] = {
@@ -544,8 +545,7 @@ def run_block(world: World, engine: RoutingEngine, samples: list[Sample], decisi
                 timings.first_seen.append(t5 - t0)
         u0 = clock()
         if agent is not None:
-            wf.add_load(agent.id, message.channel, +1)
-            wf.mark_assigned(agent.id, now)
+            wf.assign(agent.id, message.channel, now)
             world.open.append((agent.id, message.channel))
             if record:
                 timings.assigned += 1
@@ -819,7 +819,7 @@ def main() -> int:
         f"{c:,} agents p50 {st.p50:,.0f}, p99 {st.p99:,.0f}, mean {st.mean:,.0f}" for c, st in sel.items())
         + f"; mean at {AGENT_COUNTS[-1]:,} / at {AGENT_COUNTS[0]:,} agents "
         f"{ratio(sel[AGENT_COUNTS[-1]].mean, sel[AGENT_COUNTS[0]].mean):.1f}")
-    print("  upkeep after each of our decisions (add_load, mark_assigned, release, presence and schedule changes), "
+    print("  upkeep after each of our decisions (assign, release, presence and schedule changes), "
           "mean µs: " + ", ".join(f"{w.count:,} agents {w.timings.upkeep / len(w.timings.total) / 1000:.1f}"
                                   for w in worlds))
     for world in worlds:

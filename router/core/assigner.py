@@ -631,8 +631,7 @@ class Assigner:
         except BaseException:
             for work, agent_id, channel, _expires, data, previous in reversed(staged):  # not written: undone
                 data.pop("offer", None)
-                self.workforce.add_load(agent_id, channel, -1)
-                self.workforce.mark_assigned(agent_id, previous)
+                self.workforce.assign(agent_id, channel, previous, -1)
                 self._touch(work.case.id)
             for case_id, _type, _data in rows:  # say it again on the next pass
                 if case_id in self.cases:
@@ -705,8 +704,7 @@ class Assigner:
         if work.safety_lane and agent.load.get(channel, 0) >= agent.capacity_for(channel):
             data["over_capacity"] = True
         self._staged.append((work, agent.id, channel, expires, data, agent.last_assigned_at))
-        self.workforce.add_load(agent.id, channel, +1)
-        self.workforce.mark_assigned(agent.id, now)
+        self.workforce.assign(agent.id, channel, now)
 
     # -- case actions from agents and supervisors ----------------------------------------------------------
     def _live(self, work: CaseWork) -> None:

@@ -31,7 +31,8 @@ from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 from datetime import datetime
 from heapq import heapify, heappop, heapreplace
-from itertools import islice
+from itertools import chain, islice, repeat
+from operator import itemgetter
 from typing import Collection, Iterable, Iterator
 
 from router.routing_config import parse_skill_requirement
@@ -104,13 +105,25 @@ class Selection:
     scores: list[tuple[str, int, datetime | None]]  # per candidate: (id, total_load, last_assigned_at)
 
 
+_NEVER = float("-inf")
+
+
 def fairness_of(agent: AgentState) -> tuple:
-    """The sort key: (total_load, has been assigned, last_assigned_at, id). The flag orders "never" first and
-    keeps datetimes from being compared with a placeholder (so naive and aware datetimes both work)."""
+    """The sort key: (total_load, last assignment as a POSIX timestamp, id), "never" first. A float rather than
+    the datetime: the index compares keys in every selection, and floats compare several times faster than
+    aware datetimes."""
     at = agent.last_assigned_at
-    if at is None:
-        return (sum(agent.load.values()), 0, 0, agent.id)
-    return (sum(agent.load.values()), 1, at, agent.id)
+    return (sum(agent.load.values()), _NEVER if at is None else at.timestamp(), agent.id)
+
+
+def _first_ids(id_sets: Iterable[dict[str, None]], excluded: Collection[str]) -> list[str]:
+    """Up to EXAMPLES_PER_REASON agent ids from the pools' sets, in pool order, leaving out ``excluded``."""
+    found: list[str] = []
+    for ids in filter(None, id_sets):  # empty pools are skipped in C, not looked at one by one
+        found.extend(islice((i for i in ids if i not in excluded), EXAMPLES_PER_REASON - len(found)))
+        if len(found) == EXAMPLES_PER_REASON:
+            break
+    return found
 
 
 def _discard(keys: list, key: tuple) -> None:
@@ -118,11 +131,12 @@ def _discard(keys: list, key: tuple) -> None:
     if i < len(keys) and keys[i] == key:
         del keys[i]
     else:  # pragma: no cover - would mean the index is corrupt
-        raise RuntimeError(f"workforce index out of sync for agent {key[-1]!r}")
+        raise RuntimeError(f"workforce index out of sync for agent {key[2]!r}")
 
 
 _OFFLINE, _OUTSIDE, _READY = 0, 1, 2
 _MISSING = object()
+_head = itemgetter(0)
 
 
 class _Lane:
@@ -135,7 +149,8 @@ class _Lane:
 
 
 class _Pool:
-    __slots__ = ("seq", "signature", "skills", "members", "offline", "outside", "ready", "lanes")
+    __slots__ = ("seq", "signature", "skills", "members", "offline", "outside", "ready", "lanes", "watchers",
+                 "entries")
 
     def __init__(self, signature: frozenset, seq: int) -> None:
         self.seq = seq  # creation order: keeps lists of pools (and so examples) in a stable order
@@ -146,23 +161,66 @@ class _Pool:
         self.outside: dict[str, None] = {}  # online, outside schedule
         self.ready: list[tuple] = []  # online and in schedule, sorted fairness keys
         self.lanes: dict[str, _Lane] = {}
+        self.watchers: list[_Top] = []  # the kept best lists of the cached requirements this pool satisfies
+        self.entries: list[_Entry] = []  # the cached requirements this pool satisfies
+
+
+_EVERYONE = (float("inf"),)  # a bound above every fairness key
+
+
+class _Top:
+    """The best ready agents (online, in schedule; capacity not looked at) of one cached requirement, kept up to
+    date as agents change, so that a selection reads them instead of merging every eligible pool. Invariant:
+    ``keys`` (sorted) holds exactly the ready agents' keys that are <= ``bound`` (every one when the bound is
+    _EVERYONE), and at most ``size`` of them. One per requirement, not per channel: an agent's key (its total
+    load) changes on every channel at once, so per-channel lists would all have to follow every change."""
+    __slots__ = ("keys", "bound", "size")
+
+    def __init__(self, size: int) -> None:
+        self.keys: list[tuple] = []
+        self.bound: tuple = _EVERYONE
+        self.size = size
+
+
+def _top_drop(tops: list[_Top], key: tuple) -> None:
+    for top in tops:
+        if key <= top.bound:
+            keys = top.keys
+            i = bisect_left(keys, key)
+            if i == len(keys) or keys[i] != key:  # pragma: no cover - would mean the index is corrupt
+                raise RuntimeError(f"workforce index out of sync for agent {key[2]!r}")
+            del keys[i]
+
+
+def _top_add(tops: list[_Top], key: tuple) -> None:
+    for top in tops:
+        if key <= top.bound:
+            keys = top.keys
+            insort(keys, key)
+            if len(keys) > top.size:
+                keys.pop()
+                top.bound = keys[-1]
 
 
 class _Slot:
-    """Where an agent is filed: its pool, the key it is filed under and its state."""
-    __slots__ = ("agent", "pool", "key", "state")
+    """Where an agent is filed: its pool, the key it is filed under, its state and the channels it is full on."""
+    __slots__ = ("agent", "pool", "key", "state", "full_on")
 
     def __init__(self, agent: AgentState, pool: _Pool | None) -> None:
         self.agent = agent
         self.pool = pool
         self.key: tuple = ()
         self.state = _OFFLINE
+        self.full_on: tuple[str, ...] = ()
 
 
 class _Entry:
     """A cached requirement: the pools that satisfy it (and those that do not, for examples), with the
-    per-pool structures gathered into flat lists so that counting is ``sum(map(len, ...))``."""
-    __slots__ = ("pools", "pool_set", "offlines", "outsides", "readies", "lanes")
+    per-pool structures gathered into flat lists so that counting is ``sum(map(len, ...))``, and the counts
+    themselves (:meth:`Workforce._census`), dropped whenever the size of a partition of one of its pools changes
+    (an agent comes online, leaves its schedule, fills up on a channel) or any pool's membership changes."""
+    __slots__ = ("pools", "pool_set", "offlines", "outsides", "readies", "lanes", "top", "counted_at", "states",
+                 "lane_counts", "examples", "missing_examples")
 
     def __init__(self, pools: list[_Pool]) -> None:
         self.pools = pools
@@ -171,12 +229,23 @@ class _Entry:
         self.outsides = [p.outside for p in pools]
         self.readies = [p.ready for p in pools]
         self.lanes: dict[str, tuple[list[list[tuple]], list[dict[str, None]]]] = {}
+        # Kept by Workforce._count and _file (see Workforce._census):
+        self.counted_at = -1  # the workforce's membership version the counts are good for
+        self.states = [0, 0, 0]  # agents _OFFLINE, _OUTSIDE, _READY
+        self.lane_counts: dict[str, list[int]] = {}  # channel -> [available, full]
+        self.examples: dict[str | None, dict[str, list[str]]] = {}  # channel -> reason -> a few agent ids
+        self.missing_examples: list[str] = []
+        self.top: _Top | None = None  # its best ready agents, once it is asked for often enough to keep them
+        for pool in pools:
+            pool.entries.append(self)
 
 
 class Workforce:
     """The agents, indexed for :meth:`select`. Not thread-safe: use it from one thread (the event loop)."""
 
     MAX_CACHED_REQUIREMENTS = 4096
+    TOP_SIZE = 64  # best ready agents kept per cached requirement (when a selection needs more: twice that)
+    TOP_MIN_POOLS = 16  # requirements satisfied by fewer pools merge them on every selection instead
 
     def __init__(self) -> None:
         self._slots: dict[str, _Slot] = {}
@@ -185,6 +254,9 @@ class Workforce:
         self._cache: dict[Requirement, _Entry] = {}
         self._pool_seq = 0
         self._thresholds: dict[str, frozenset[int]] = {}  # skill -> levels (> 1) that requirements asked for
+        # Moves on whenever an agent joins or leaves a pool: cached counts (and the examples of agents missing a
+        # skill, which come from other pools) are good while it stands still.
+        self._membership = 0
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -267,10 +339,24 @@ class Workforce:
             load.pop(channel, None)
         self._file(slot)
 
-    def mark_assigned(self, agent_id: str, at: datetime) -> None:
+    def mark_assigned(self, agent_id: str, at: datetime | None) -> None:
         slot = self._slot(agent_id)
         self._unfile(slot)
         slot.agent.last_assigned_at = at
+        self._file(slot)
+
+    def assign(self, agent_id: str, channel: str, at: datetime | None, delta: int = 1) -> None:
+        """``add_load(agent_id, channel, delta)`` and ``mark_assigned(agent_id, at)`` in one change of the index
+        (what an offer does, with ``delta`` -1 and the previous time to take it back)."""
+        slot = self._slot(agent_id)
+        self._unfile(slot)
+        agent = slot.agent
+        value = max(0, agent.load.get(channel, 0) + delta)
+        if value:
+            agent.load[channel] = value
+        else:
+            agent.load.pop(channel, None)
+        agent.last_assigned_at = at
         self._file(slot)
 
     # -- selecting -----------------------------------------------------------------------------------------
@@ -287,13 +373,9 @@ class Workforce:
             sorted_lists, fulls = entry.readies, ()
         else:
             sorted_lists, fulls = self._lanes(entry, channel)
-
-        offline = sum(map(len, entry.offlines))
-        outside = sum(map(len, entry.outsides))
-        no_capacity = sum(map(len, fulls))
-        available = sum(map(len, sorted_lists))
-        missing = len(self._slots) - offline - outside - sum(map(len, entry.readies))
-        examples: dict[str, list[str]] = {reason: [] for reason in REASONS}
+        missing, offline, outside, no_capacity, available, examples = self._census(
+            entry, None if ignore_capacity else channel, fulls)
+        counted_available = available
 
         excluded_count = 0
         if excluded:  # agents with the skills that are excluded move from their own reason to "excluded"
@@ -313,61 +395,150 @@ class Workforce:
                     no_capacity -= 1
                 else:
                     available -= 1
+            for reason, id_sets in (("offline", entry.offlines), ("outside_schedule", entry.outsides),
+                                    ("no_capacity", fulls)):
+                if any(i in excluded for i in examples[reason]):
+                    examples[reason] = _first_ids(id_sets, excluded)
 
-        # Merge the heads of the eligible pools' sorted lists until `limit` candidates (and up to 3 more, the
-        # examples of "not_in_top") have been taken.
         candidates: list[AgentState] = []
         scores: list[tuple[str, int, datetime | None]] = []
         if available > 0:
             wanted = min(max(limit, 0), available)
             more = min(EXAMPLES_PER_REASON, available - wanted)
-            beyond = examples["not_in_top"]
-            slots = self._slots
-            heap = [(keys[0], 0, keys) for keys in filter(None, sorted_lists)]
-            heapify(heap)
-            while heap:
-                key, position, keys = heap[0]
-                position += 1
-                if position < len(keys):
-                    heapreplace(heap, (keys[position], position, keys))
-                else:
-                    heappop(heap)
-                agent_id = key[3]
-                if agent_id in excluded:
-                    continue
-                if len(candidates) < wanted:
-                    candidates.append(slots[agent_id].agent)
-                    scores.append((agent_id, key[0], key[2] if key[1] else None))
-                    if len(candidates) == wanted and not more:
-                        break
-                else:
-                    beyond.append(agent_id)
-                    if len(beyond) == more:
-                        break
-
-        for reason, id_sets, count in (("offline", entry.offlines, offline),
-                                       ("outside_schedule", entry.outsides, outside),
-                                       ("no_capacity", fulls, no_capacity)):
-            if not count:
-                continue
-            found = examples[reason]
-            for ids in filter(None, id_sets):  # empty pools are skipped in C, not looked at one by one
-                found.extend(islice((i for i in ids if i not in excluded), EXAMPLES_PER_REASON - len(found)))
-                if len(found) == EXAMPLES_PER_REASON:
-                    break
-        found = examples["missing_skill"]
-        if missing:
-            eligible = entry.pool_set
-            for pool in self._pools.values():
-                if pool not in eligible:
-                    found.extend(islice(pool.members, EXAMPLES_PER_REASON - len(found)))
-                    if len(found) == EXAMPLES_PER_REASON:
-                        break
+            picked = None
+            top = self._top(entry, wanted + more + excluded_count)
+            if top is not None:  # the kept best ready agents, leaving out those full on the channel
+                picked = self._pick(top.keys, excluded, None if ignore_capacity else channel, wanted, more)
+            if picked is None:  # no kept list, or too many in it were full or excluded: merge every pool
+                picked = self._pick(self._best_first(sorted_lists, counted_available, len(entry.pools)), excluded,
+                                    None, wanted, more)
+            if picked:
+                candidates, scores, examples["not_in_top"] = picked
 
         passed_over = {"missing_skill": missing, "excluded": excluded_count, "offline": offline,
                        "outside_schedule": outside, "no_capacity": no_capacity,
                        "not_in_top": available - len(candidates)}
         return Selection(candidates, passed_over, examples, scores)
+
+    def _top(self, entry: _Entry, need: int) -> _Top | None:
+        """The entry's kept best ready agents, at least ``need`` of them (or all there are), or None when the
+        entry has too few pools to be worth keeping them (merging its pools on each selection is cheaper than
+        following every change of their agents)."""
+        if len(entry.pools) < self.TOP_MIN_POOLS:
+            return None
+        top = entry.top
+        if top is None:
+            top = entry.top = _Top(max(self.TOP_SIZE, 2 * need))
+            for pool in entry.pools:
+                pool.watchers.append(top)
+        elif len(top.keys) >= need or top.bound is _EVERYONE:
+            return top
+        else:
+            top.size = max(top.size, 2 * need)
+        ready = entry.states[_READY]
+        top.keys = list(islice(self._best_first(entry.readies, ready, len(entry.pools)), top.size))
+        top.bound = top.keys[-1] if ready > top.size else _EVERYONE
+        return top
+
+    def _pick(self, keys: Iterable[tuple], excluded: Collection[str], full_on: str | None, wanted: int,
+              more: int) -> tuple[list[AgentState], list, list[str]] | None:
+        """Read ``keys`` (best first) until ``wanted`` candidates and ``more`` agents beyond them are found,
+        skipping the excluded and, when ``full_on`` names a channel, agents at capacity on it: (candidates,
+        scores, beyond), or None when the keys ran out first."""
+        candidates: list[AgentState] = []
+        scores: list[tuple[str, int, datetime | None]] = []
+        beyond: list[str] = []
+        slots = self._slots
+        for key in keys:
+            agent_id = key[2]
+            if agent_id in excluded:
+                continue
+            slot = slots[agent_id]
+            if full_on is not None and full_on in slot.full_on:
+                continue
+            if len(candidates) < wanted:
+                agent = slot.agent
+                candidates.append(agent)
+                scores.append((agent_id, key[0], agent.last_assigned_at))
+                if len(candidates) == wanted and not more:
+                    return candidates, scores, beyond
+            else:
+                beyond.append(agent_id)
+                if len(beyond) == more:
+                    return candidates, scores, beyond
+        return None
+
+    @staticmethod
+    def _best_first(sorted_lists: list[list[tuple]], available: int, pools: int) -> Iterator[tuple]:
+        """The keys of the sorted lists, smallest first, as far as the caller reads. When the lists are short
+        (the pools hold one or two available agents each, as when skill sets are nearly individual), all keys
+        go into one heap built in C; otherwise the heads of the lists are merged, so a few big pools cost
+        no more than their number."""
+        if available <= 3 * pools:
+            flat = list(chain.from_iterable(sorted_lists))
+            heapify(flat)
+            while flat:
+                yield heappop(flat)
+            return
+        nonempty = list(filter(None, sorted_lists))
+        heap = list(zip(map(_head, nonempty), repeat(0), nonempty))  # (head key, position, keys), built in C
+        heapify(heap)
+        while heap:
+            key, position, keys = heap[0]
+            position += 1
+            if position < len(keys):
+                heapreplace(heap, (keys[position], position, keys))
+            else:
+                heappop(heap)
+            yield key
+
+    def _census(self, entry: _Entry, channel: str | None, fulls: Collection[dict[str, None]]) -> tuple:
+        """How many agents with the requirement's skills are in each state, and a few of each, before any
+        exclusion: (missing, offline, outside, no_capacity, available, examples). The counts are kept on the
+        entry and moved by :meth:`_file` as agents change state (counted afresh only after agents joined or left
+        pools); the examples are kept too and checked, so most selections count and search nothing."""
+        if entry.counted_at != self._membership:
+            self._count(entry)
+        offline, outside, ready = entry.states
+        if channel is None:
+            available, no_capacity = ready, 0
+        else:
+            available, no_capacity = entry.lane_counts[channel]
+        missing = len(self._slots) - offline - outside - ready
+        kept = entry.examples.get(channel)
+        if kept is None:
+            kept = entry.examples[channel] = {}
+        slots = self._slots
+        for reason, id_sets, count, holds in (
+                ("offline", entry.offlines, offline, lambda slot: slot.state == _OFFLINE),
+                ("outside_schedule", entry.outsides, outside, lambda slot: slot.state == _OUTSIDE),
+                ("no_capacity", fulls, no_capacity, lambda slot: channel in slot.full_on)):
+            found = kept.get(reason)
+            if found is None or len(found) != min(count, EXAMPLES_PER_REASON) or not all(
+                    holds(slots[i]) for i in found):
+                found = kept[reason] = _first_ids(id_sets, ()) if count else []
+        examples = {reason: [] for reason in REASONS}
+        for reason, found in kept.items():
+            examples[reason] = list(found)
+        examples["missing_skill"] = list(entry.missing_examples)
+        return missing, offline, outside, no_capacity, available, examples
+
+    def _count(self, entry: _Entry) -> None:
+        """Count an entry's agents by state (and by lane on each channel it has lanes for), and find the
+        examples of agents missing its skills: after pools changed members, or the first time."""
+        entry.states = [sum(map(len, entry.offlines)), sum(map(len, entry.outsides)), sum(map(len, entry.readies))]
+        entry.lane_counts = {channel: [sum(map(len, avails)), sum(map(len, fulls))]
+                             for channel, (avails, fulls) in entry.lanes.items()}
+        entry.examples.clear()
+        found: list[str] = []
+        eligible = entry.pool_set
+        for pool in self._pools.values():
+            if pool not in eligible:
+                found.extend(islice(pool.members, EXAMPLES_PER_REASON - len(found)))
+                if len(found) == EXAMPLES_PER_REASON:
+                    break
+        entry.missing_examples = found
+        entry.counted_at = self._membership
 
     # -- internals -----------------------------------------------------------------------------------------
 
@@ -400,7 +571,13 @@ class Workforce:
                 self._leave_pool(slot)
                 self._join_pool(slot, signature)
                 self._file(slot)
+        self._forget_requirements()
+
+    def _forget_requirements(self) -> None:
         self._cache.clear()
+        for pool in self._pools.values():
+            pool.watchers.clear()
+            pool.entries.clear()
 
     def _pool(self, signature: frozenset) -> _Pool:
         pool = self._pools.get(signature)
@@ -409,16 +586,18 @@ class Workforce:
             pool = self._pools[signature] = _Pool(signature, self._pool_seq)
             for name in pool.skills:
                 self._by_skill.setdefault(name, set()).add(pool)
-            self._cache.clear()  # cached requirements do not know the new pool
+            self._forget_requirements()  # cached requirements do not know the new pool
         return pool
 
     def _join_pool(self, slot: _Slot, signature: frozenset) -> None:
         slot.pool = self._pool(signature)
         slot.pool.members[slot.agent.id] = None
+        self._membership += 1
 
     def _leave_pool(self, slot: _Slot) -> None:
         pool = slot.pool
         del pool.members[slot.agent.id]
+        self._membership += 1
         if not pool.members:
             del self._pools[pool.signature]
             for name in pool.skills:
@@ -426,14 +605,14 @@ class Workforce:
                 holders.discard(pool)
                 if not holders:
                     del self._by_skill[name]
-            self._cache.clear()
+            self._forget_requirements()
 
     def _entry(self, req: Requirement) -> _Entry:
         entry = self._cache.get(req)
         if entry is None:
             self._learn_thresholds(req)
             if len(self._cache) >= self.MAX_CACHED_REQUIREMENTS:
-                self._cache.clear()
+                self._forget_requirements()
             # Only pools holding some alternative of every group can qualify: intersect those (smallest
             # first) through the skill-name index, then check levels, instead of testing every pool.
             by_skill = self._by_skill
@@ -455,17 +634,20 @@ class Workforce:
         if lanes is None:
             pool_lanes = [pool.lanes.get(channel) or self._new_lane(pool, channel) for pool in entry.pools]
             lanes = entry.lanes[channel] = ([lane.avail for lane in pool_lanes], [lane.full for lane in pool_lanes])
+            entry.lane_counts[channel] = [sum(map(len, lanes[0])), sum(map(len, lanes[1]))]
         return lanes
 
     def _new_lane(self, pool: _Pool, channel: str) -> _Lane:
         lane = pool.lanes[channel] = _Lane()
         slots = self._slots
         for key in pool.ready:  # already sorted: appending keeps avail sorted
-            agent = slots[key[3]].agent
+            slot = slots[key[2]]
+            agent = slot.agent
             if agent.load.get(channel, 0) < agent.capacity_for(channel):
                 lane.avail.append(key)
             else:
                 lane.full[agent.id] = None
+                slot.full_on += (channel,)
         return lane
 
     def _unfile(self, slot: _Slot) -> None:
@@ -475,6 +657,8 @@ class Workforce:
         if slot.state == _READY:
             key = slot.key
             _discard(pool.ready, key)
+            if pool.watchers:
+                _top_drop(pool.watchers, key)
             for lane in pool.lanes.values():
                 if lane.full.pop(agent_id, _MISSING) is _MISSING:
                     _discard(lane.avail, key)
@@ -484,8 +668,12 @@ class Workforce:
             del pool.offline[agent_id]
 
     def _file(self, slot: _Slot) -> None:
-        """File the agent in its pool according to its current fields."""
+        """File the agent in its pool according to its current fields, and move the counts of the requirements
+        its pool satisfies when its state or the channels it is full on changed (compared with what it was filed
+        under before)."""
         agent, pool = slot.agent, slot.pool
+        before, full_before = slot.state, slot.full_on
+        full_on: tuple[str, ...] = ()
         if agent.presence != ONLINE:
             slot.state = _OFFLINE
             pool.offline[agent.id] = None
@@ -496,10 +684,29 @@ class Workforce:
             slot.state = _READY
             key = slot.key = agent.fairness = fairness_of(agent)
             insort(pool.ready, key)
+            if pool.watchers:
+                _top_add(pool.watchers, key)
             load = agent.load
             for channel, lane in pool.lanes.items():
                 if load.get(channel, 0) < agent.capacity_for(channel):
                     insort(lane.avail, key)
                 else:
                     lane.full[agent.id] = None
+                    full_on += (channel,)
+        slot.full_on = full_on
+        after = slot.state
+        if after != before or full_on != full_before:  # move the counts of the requirements the pool satisfies
+            membership = self._membership
+            for entry in pool.entries:
+                if entry.counted_at != membership:
+                    continue  # counted afresh when next used
+                states = entry.states
+                states[before] -= 1
+                states[after] += 1
+                if before == _READY:
+                    for channel, counts in entry.lane_counts.items():
+                        counts[channel in full_before] -= 1
+                if after == _READY:
+                    for channel, counts in entry.lane_counts.items():
+                        counts[channel in full_on] += 1
 

@@ -32,8 +32,7 @@ def ids(selection):
 
 def assign(wf, agent_id, channel, at):
     """What the assignment does once it has picked an agent: one more item, and the time for fairness."""
-    wf.add_load(agent_id, channel, +1)
-    wf.mark_assigned(agent_id, at)
+    wf.assign(agent_id, channel, at)
 
 
 def take_next(wf, req, channel, at, **kwargs):
@@ -388,9 +387,12 @@ def check(wf, ref, rng, req, channel):
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_random_changes_agree_with_a_plain_scan(seed):
+@pytest.mark.parametrize("top_size", [None, 2], ids=["as-built", "kept-best-short"])
+def test_random_changes_agree_with_a_plain_scan(seed, top_size):
     rng = random.Random(seed)
     wf, ref = Workforce(), {}  # the reference holds its own copies of the agents
+    if top_size:  # every requirement keeps a list of its best ready agents, a short one that runs out and is
+        wf.TOP_SIZE, wf.TOP_MIN_POOLS = top_size, 1  # refilled often: those paths are checked too
     requirements = [random_requirement(rng) for _ in range(25)] + [ANY]
     next_id = 0
     for step in range(5000):
@@ -430,10 +432,20 @@ def test_random_changes_agree_with_a_plain_scan(seed):
                 else:
                     r.load.pop(channel, None)
                 wf.add_load(agent_id, channel, delta)
-            else:
+            elif kind < 0.85:
                 at = T0 + timedelta(minutes=rng.randint(0, 60))  # equal times happen: ties go by id
                 r.last_assigned_at = at
                 wf.mark_assigned(agent_id, at)
+            else:  # an offer, or one taken back (to the previous time)
+                channel, delta = rng.choice(CHANNELS), rng.choice([1, 1, -1])
+                at = T0 + timedelta(minutes=rng.randint(0, 60)) if delta > 0 else r.last_assigned_at
+                value = max(0, r.load.get(channel, 0) + delta)
+                if value:
+                    r.load[channel] = value
+                else:
+                    r.load.pop(channel, None)
+                r.last_assigned_at = at
+                wf.assign(agent_id, channel, at, delta)
         if step % 10 == 0:
             for _ in range(4):
                 check(wf, ref, rng, rng.choice(requirements), rng.choice(CHANNELS))
