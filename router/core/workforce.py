@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from heapq import heapify, heappop, heapreplace
 from itertools import chain, islice, repeat
 from operator import itemgetter
@@ -106,14 +106,21 @@ class Selection:
 
 
 _NEVER = float("-inf")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def fairness_of(agent: AgentState) -> tuple:
-    """The sort key: (total_load, last assignment as a POSIX timestamp, id), "never" first. A float rather than
-    the datetime: the index compares keys in every selection, and floats compare several times faster than
-    aware datetimes."""
+    """The sort key: (total_load, last assignment in whole microseconds since 1970, id), "never" first. An int
+    rather than the datetime: the index compares keys in every selection, and ints compare several times faster
+    than aware datetimes; exact (no float rounding), and never raises (datetime.min included). Naive datetimes
+    count as UTC, without regard to the local zone's clock changes (the store and the clock give aware ones)."""
     at = agent.last_assigned_at
-    return (sum(agent.load.values()), _NEVER if at is None else at.timestamp(), agent.id)
+    if at is None:
+        return (sum(agent.load.values()), _NEVER, agent.id)
+    since = at - (_NAIVE_EPOCH if at.tzinfo is None else _EPOCH)
+    return (sum(agent.load.values()), since // _MICROSECOND, agent.id)
 
 
 def _first_ids(id_sets: Iterable[dict[str, None]], excluded: Collection[str]) -> list[str]:

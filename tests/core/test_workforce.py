@@ -86,6 +86,22 @@ def test_least_loaded_first_then_longest_since_last_assignment_then_id():
     assert ids(wf.select(ANY, "chat")) == ["fabio", "elena", "carla", "bruno", "dario", "anna"]
 
 
+def test_last_assignment_times_order_exactly_at_any_distance():
+    """A microsecond apart in the far future, the earliest time a datetime can hold, naive times (taken as UTC,
+    whatever the local zone's clock changes do): each orders as the times do and never upsets the index."""
+    far = datetime(9000, 1, 1, tzinfo=timezone.utc)
+    wf = workforce(agent("anna", last_assigned_at=far + timedelta(microseconds=1)),
+                   agent("bruno", last_assigned_at=far),
+                   agent("carla", last_assigned_at=datetime.min.replace(tzinfo=timezone.utc)))
+    assert ids(wf.select(ANY, "chat")) == ["carla", "bruno", "anna"]
+    naive = workforce(agent("dario", last_assigned_at=datetime(2026, 3, 29, 2, 30)),  # in Rome's spring gap
+                      agent("elena", last_assigned_at=datetime(2026, 3, 29, 3, 10)))
+    naive.mark_assigned("elena", datetime.min)
+    assert ids(naive.select(ANY, "chat")) == ["elena", "dario"]
+    naive.mark_assigned("elena", datetime(2026, 3, 29, 3, 10))
+    assert ids(naive.select(ANY, "chat")) == ["dario", "elena"]
+
+
 def test_released_load_brings_an_agent_back_to_the_front():
     wf = workforce(agent("anna"), agent("bruno"))
     assign(wf, "anna", "chat", T0)
