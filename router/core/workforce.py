@@ -15,11 +15,14 @@ Each pool keeps its agents partitioned by state, every list sorted by the fairne
 * per channel, built the first time a channel is asked for: ``avail`` (ready and below capacity on that
   channel, sorted) and ``full`` (ready but at capacity).
 
-A selection sums the sizes of those partitions over the eligible pools (the passed-over counts) and merges
-the heads of the eligible pools' sorted lists with a small heap until it has ``limit`` candidates. Every
-mutation takes the agent out of its pool's structures with the key it was filed under, changes the fields
-and files it again, so the index stays consistent; change agents only through :class:`Workforce` methods
-(call :meth:`Workforce.upsert` again after changing an agent's skills or capacity).
+Each cached requirement keeps the sizes of those partitions summed over its pools (the passed-over counts),
+moved by one as agents change state, and a few example agents per reason. A selection takes its candidates
+from the requirement's kept list of best ready agents when it is met by many pools (``TOP_MIN_POOLS``), and
+otherwise merges the heads of the eligible pools' sorted lists with a small heap, until it has ``limit``
+candidates. Every mutation takes the agent out of its pool's structures (and the kept lists) with the key it
+was filed under, changes the fields and files it again, so the index stays consistent; change agents only
+through :class:`Workforce` methods (call :meth:`Workforce.upsert` again after changing an agent's skills or
+capacity).
 
 The sorted lists are plain Python lists kept sorted with :mod:`bisect`: a pool holds at most the agents with
 one skill set, and inserting into such a list is a C ``memmove`` that stays in the microseconds even for a pool
@@ -223,9 +226,10 @@ class _Slot:
 
 class _Entry:
     """A cached requirement: the pools that satisfy it (and those that do not, for examples), with the
-    per-pool structures gathered into flat lists so that counting is ``sum(map(len, ...))``, and the counts
-    themselves (:meth:`Workforce._census`), dropped whenever the size of a partition of one of its pools changes
-    (an agent comes online, leaves its schedule, fills up on a channel) or any pool's membership changes."""
+    per-pool structures gathered into flat lists so that counting is ``sum(map(len, ...))``, the counts
+    themselves (see :meth:`Workforce._census`: moved by one whenever an agent of one of its pools comes online,
+    leaves its schedule or fills up on a channel, counted afresh after any pool's membership changed) and, when
+    it is met by many pools, its best ready agents (:class:`_Top`)."""
     __slots__ = ("pools", "pool_set", "offlines", "outsides", "readies", "lanes", "top", "counted_at", "states",
                  "lane_counts", "examples", "missing_examples")
 
