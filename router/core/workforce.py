@@ -231,7 +231,7 @@ class _Entry:
     leaves its schedule or fills up on a channel, counted afresh after any pool's membership changed) and, when
     it is met by many pools, its best ready agents (:class:`_Top`)."""
     __slots__ = ("pools", "pool_set", "offlines", "outsides", "readies", "lanes", "top", "counted_at", "states",
-                 "lane_counts", "examples", "missing_examples")
+                 "lane_counts", "examples", "missing_examples", "uses")
 
     def __init__(self, pools: list[_Pool]) -> None:
         self.pools = pools
@@ -247,6 +247,7 @@ class _Entry:
         self.examples: dict[str | None, dict[str, list[str]]] = {}  # channel -> reason -> a few agent ids
         self.missing_examples: list[str] = []
         self.top: _Top | None = None  # its best ready agents, once it is asked for often enough to keep them
+        self.uses = 0  # selections that merged its pools because it kept no list
         for pool in pools:
             pool.entries.append(self)
 
@@ -257,6 +258,11 @@ class Workforce:
     MAX_CACHED_REQUIREMENTS = 4096
     TOP_SIZE = 64  # best ready agents kept per cached requirement (when a selection needs more: twice that)
     TOP_MIN_POOLS = 16  # requirements satisfied by fewer pools merge them on every selection instead
+    # At most this many requirements keep a list, and only once they have been asked for KEEP_AFTER_USES times:
+    # every re-filing of an agent updates the lists its pool feeds, so the cap bounds what one change of an agent
+    # can cost however many requirements are cached, and a requirement asked for now and then costs nothing.
+    MAX_KEPT_LISTS = 256
+    KEEP_AFTER_USES = 8
 
     def __init__(self) -> None:
         self._slots: dict[str, _Slot] = {}
@@ -268,6 +274,7 @@ class Workforce:
         # Moves on whenever an agent joins or leaves a pool: cached counts (and the examples of agents missing a
         # skill, which come from other pools) are good while it stands still.
         self._membership = 0
+        self._kept_lists = 0  # requirements in the cache that keep a list of their best ready agents
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -434,11 +441,16 @@ class Workforce:
     def _top(self, entry: _Entry, need: int) -> _Top | None:
         """The entry's kept best ready agents, at least ``need`` of them (or all there are), or None when the
         entry has too few pools to be worth keeping them (merging its pools on each selection is cheaper than
-        following every change of their agents)."""
+        following every change of their agents), has not been asked for often enough yet, or MAX_KEPT_LISTS
+        requirements already keep one."""
         if len(entry.pools) < self.TOP_MIN_POOLS:
             return None
         top = entry.top
         if top is None:
+            entry.uses += 1
+            if entry.uses < self.KEEP_AFTER_USES or self._kept_lists >= self.MAX_KEPT_LISTS:
+                return None
+            self._kept_lists += 1
             top = entry.top = _Top(max(self.TOP_SIZE, 2 * need))
             for pool in entry.pools:
                 pool.watchers.append(top)
@@ -586,6 +598,7 @@ class Workforce:
 
     def _forget_requirements(self) -> None:
         self._cache.clear()
+        self._kept_lists = 0
         for pool in self._pools.values():
             pool.watchers.clear()
             pool.entries.clear()

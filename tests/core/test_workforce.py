@@ -407,8 +407,9 @@ def check(wf, ref, rng, req, channel):
 def test_random_changes_agree_with_a_plain_scan(seed, top_size):
     rng = random.Random(seed)
     wf, ref = Workforce(), {}  # the reference holds its own copies of the agents
-    if top_size:  # every requirement keeps a list of its best ready agents, a short one that runs out and is
-        wf.TOP_SIZE, wf.TOP_MIN_POOLS = top_size, 1  # refilled often: those paths are checked too
+    if top_size:  # the first 4 requirements asked for twice keep a list of their best ready agents, a short one that runs out
+        wf.TOP_SIZE, wf.TOP_MIN_POOLS, wf.MAX_KEPT_LISTS = top_size, 1, 4  # and is refilled often; the others
+        wf.KEEP_AFTER_USES = 2  # merge their pools: every path is checked
     requirements = [random_requirement(rng) for _ in range(25)] + [ANY]
     next_id = 0
     for step in range(5000):
