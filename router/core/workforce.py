@@ -504,6 +504,9 @@ class Workforce:
                 yield heappop(flat)
             return
         nonempty = list(filter(None, sorted_lists))
+        if len(nonempty) == 1:  # one pool (a team whose agents share their skills): its list is the order
+            yield from nonempty[0]
+            return
         heap = list(zip(map(_head, nonempty), repeat(0), nonempty))  # (head key, position, keys), built in C
         heapify(heap)
         while heap:
