@@ -126,6 +126,20 @@ def fairness_of(agent: AgentState) -> tuple:
     return (sum(agent.load.values()), since // _MICROSECOND, agent.id)
 
 
+def _add(load: dict[str, int], channel: str, delta: int) -> None:
+    """Change an agent's load on a channel by ``delta``, never below 0 (a channel at 0 is not listed)."""
+    value = max(0, load.get(channel, 0) + delta)
+    if value:
+        load[channel] = value
+    else:
+        load.pop(channel, None)
+
+
+def _lane_sizes(avails: list[list[tuple]], fulls: list[dict[str, None]]) -> list[int]:
+    """[available, full]: how many ready agents of a requirement's pools are below and at capacity on a channel."""
+    return [sum(map(len, avails)), sum(map(len, fulls))]
+
+
 def _first_ids(id_sets: Iterable[dict[str, None]], excluded: Collection[str]) -> list[str]:
     """Up to EXAMPLES_PER_REASON agent ids from the pools' sets, in pool order, leaving out ``excluded``."""
     found: list[str] = []
@@ -195,11 +209,7 @@ class _Top:
 def _top_drop(tops: list[_Top], key: tuple) -> None:
     for top in tops:
         if key <= top.bound:
-            keys = top.keys
-            i = bisect_left(keys, key)
-            if i == len(keys) or keys[i] != key:  # pragma: no cover - would mean the index is corrupt
-                raise RuntimeError(f"workforce index out of sync for agent {key[2]!r}")
-            del keys[i]
+            _discard(top.keys, key)
 
 
 def _top_add(tops: list[_Top], key: tuple) -> None:
@@ -347,14 +357,10 @@ class Workforce:
         """+1 when an item is offered, -1 when it ends (load never goes below 0)."""
         slot = self._slot(agent_id)
         load = slot.agent.load
-        value = max(0, load.get(channel, 0) + delta)
-        if value == load.get(channel, 0):
+        if max(0, load.get(channel, 0) + delta) == load.get(channel, 0):
             return
         self._unfile(slot)
-        if value:
-            load[channel] = value
-        else:
-            load.pop(channel, None)
+        _add(load, channel, delta)
         self._file(slot)
 
     def mark_assigned(self, agent_id: str, at: datetime | None) -> None:
@@ -368,13 +374,8 @@ class Workforce:
         (what an offer does, with ``delta`` -1 and the previous time to take it back)."""
         slot = self._slot(agent_id)
         self._unfile(slot)
-        agent = slot.agent
-        value = max(0, agent.load.get(channel, 0) + delta)
-        if value:
-            agent.load[channel] = value
-        else:
-            agent.load.pop(channel, None)
-        agent.last_assigned_at = at
+        _add(slot.agent.load, channel, delta)
+        slot.agent.last_assigned_at = at
         self._file(slot)
 
     # -- selecting -----------------------------------------------------------------------------------------
@@ -553,8 +554,7 @@ class Workforce:
         """Count an entry's agents by state (and by lane on each channel it has lanes for), and find the
         examples of agents missing its skills: after pools changed members, or the first time."""
         entry.states = [sum(map(len, entry.offlines)), sum(map(len, entry.outsides)), sum(map(len, entry.readies))]
-        entry.lane_counts = {channel: [sum(map(len, avails)), sum(map(len, fulls))]
-                             for channel, (avails, fulls) in entry.lanes.items()}
+        entry.lane_counts = {channel: _lane_sizes(*lanes) for channel, lanes in entry.lanes.items()}
         entry.examples.clear()
         found: list[str] = []
         eligible = entry.pool_set
@@ -661,7 +661,7 @@ class Workforce:
         if lanes is None:
             pool_lanes = [pool.lanes.get(channel) or self._new_lane(pool, channel) for pool in entry.pools]
             lanes = entry.lanes[channel] = ([lane.avail for lane in pool_lanes], [lane.full for lane in pool_lanes])
-            entry.lane_counts[channel] = [sum(map(len, lanes[0])), sum(map(len, lanes[1]))]
+            entry.lane_counts[channel] = _lane_sizes(*lanes)
         return lanes
 
     def _new_lane(self, pool: _Pool, channel: str) -> _Lane:

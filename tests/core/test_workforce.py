@@ -372,6 +372,15 @@ def random_agent(rng, agent_id):
                       last_assigned_at=rng.choice([None, T0 + timedelta(minutes=rng.randint(0, 30))]))
 
 
+def reference_add_load(a, channel, delta):
+    """The reference's own bookkeeping of a load change: never below 0, a channel at 0 not listed."""
+    value = max(0, a.load.get(channel, 0) + delta)
+    if value:
+        a.load[channel] = value
+    else:
+        a.load.pop(channel, None)
+
+
 def copy_agent(a):
     return AgentState(id=a.id, name=a.name, skills=dict(a.skills), capacity=dict(a.capacity), presence=a.presence,
                       in_schedule=a.in_schedule, load=dict(a.load), last_assigned_at=a.last_assigned_at)
@@ -443,11 +452,7 @@ def test_random_changes_agree_with_a_plain_scan(seed, top_size):
                 wf.set_in_schedule(agent_id, in_schedule)
             elif kind < 0.7:
                 channel, delta = rng.choice(CHANNELS), rng.choice([1, 1, -1, -2])
-                value = max(0, r.load.get(channel, 0) + delta)
-                if value:
-                    r.load[channel] = value
-                else:
-                    r.load.pop(channel, None)
+                reference_add_load(r, channel, delta)
                 wf.add_load(agent_id, channel, delta)
             elif kind < 0.85:
                 at = T0 + timedelta(minutes=rng.randint(0, 60))  # equal times happen: ties go by id
@@ -456,11 +461,7 @@ def test_random_changes_agree_with_a_plain_scan(seed, top_size):
             else:  # an offer, or one taken back (to the previous time)
                 channel, delta = rng.choice(CHANNELS), rng.choice([1, 1, -1])
                 at = T0 + timedelta(minutes=rng.randint(0, 60)) if delta > 0 else r.last_assigned_at
-                value = max(0, r.load.get(channel, 0) + delta)
-                if value:
-                    r.load[channel] = value
-                else:
-                    r.load.pop(channel, None)
+                reference_add_load(r, channel, delta)
                 r.last_assigned_at = at
                 wf.assign(agent_id, channel, at, delta)
         if step % 10 == 0:
