@@ -296,6 +296,27 @@ async def test_someone_elses_case_is_refused_with_a_reason(desk):
     assert listing.status == 403  # agents see their own cases, not the whole store
 
 
+async def test_a_line_supervisor_pages_through_exactly_the_cases_of_their_line(desk):
+    couriers = []
+    for n in range(7):  # poster and courier cases interleaved, posters the majority
+        await desk.customer_writes(sender=f"poster{n}@example.com", role="poster")
+        if n % 2:
+            couriers.append(await desk.customer_writes(sender=f"courier{n}@example.com", role="courier"))
+    seen, url, pages = [], "/api/v1/cases?limit=2", 0
+    while url:
+        response = await desk.client.get(url, headers=desk.as_("cora"))
+        assert response.status == 200, await response.text()
+        page = await response.json()
+        pages += 1
+        if "next" in page:  # every page but the last is full, however many poster cases lie between
+            assert len(page["cases"]) == 2
+        seen += [c["ref"] for c in page["cases"]]
+        url = page.get("next")
+    assert seen == couriers[::-1] and pages == 2
+    everything = await (await desk.client.get("/api/v1/cases?limit=500", headers=desk.as_("pia"))).json()
+    assert len(everything["cases"]) == 7 and all(c["line"] == "poster" for c in everything["cases"])
+
+
 async def test_stale_actions_answer_409_with_the_current_state(desk):
     await desk.online("anna")
     ref = await desk.customer_writes()

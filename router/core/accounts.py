@@ -74,9 +74,16 @@ class Principal:
 
     def covers(self, line: str | None, team: str | None) -> bool:
         """Whether a supervisor's scope includes a case on this line and team (no lines and no teams: all)."""
-        if self.kind == "integration" or self.role == "admin" or (not self.lines and not self.teams):
+        if self.case_scope is None:
             return True
         return (line is not None and line in self.lines) or (team is not None and team in self.teams)
+
+    @property
+    def case_scope(self) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        """(lines, teams) of the cases this caller may see, as the store's queries take it; None for all cases."""
+        if self.kind == "integration" or self.role == "admin" or (not self.lines and not self.teams):
+            return None
+        return self.lines, self.teams
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "role": self.role, "agent_id": self.agent_id,

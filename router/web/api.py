@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -88,11 +89,12 @@ async def list_cases(request: web.Request) -> web.Response:
         raise HTTPProblem(400, "bad_request", f"limit must be between 1 and 500, not {limit}")
     status = query.get("status")
     cases = await switchboard_of(request).store.read(
-        lambda tx: tx.list_cases(status=status, limit=limit, before_id=before)
+        lambda tx: tx.list_cases(status=status, limit=limit, before_id=before, scope=who.case_scope)
     )
-    body: dict[str, Any] = {"cases": [case_json(c) for c in cases if who.covers(c.line, c.team)]}
+    body: dict[str, Any] = {"cases": [case_json(c) for c in cases]}
     if len(cases) == limit:
-        body["next"] = f"/api/v1/cases?limit={limit}&before={cases[-1].id}" + (f"&status={status}" if status else "")
+        follow = {"limit": limit, "before": cases[-1].id} | ({"status": status} if status else {})
+        body["next"] = "/api/v1/cases?" + urlencode(follow)
     return web.json_response(body)
 
 

@@ -201,6 +201,30 @@ async def test_case_listing_pages_newest_first(store):
     assert await store.read(lambda tx: tx.count_cases_by_status()) == {"new": 1, "queued": 4}
 
 
+async def test_case_listing_within_a_scope_of_lines_and_teams(store):
+    async def setup(tx):
+        customer_id, _ = await _customer_and_case(tx, "TK-1")  # no line, no team
+        for n, (line, team) in enumerate([("poster", "general"), ("courier", "general"), ("courier", "billing"),
+                                          ("poster", "billing"), ("poster", "safety")], start=2):
+            await tx.insert_case(Case(id=0, ref=f"TK-{n}", customer_id=customer_id, status=CaseStatus.QUEUED,
+                                      channel="api", account="a", subject=None, language=None, line=line, team=team,
+                                      tier=None, priority=3, created_at=T0, updated_at=T0))
+
+    await store.write(setup)
+
+    async def refs(**kwargs):
+        return [c.ref for c in await store.read(lambda tx: tx.list_cases(**kwargs))]
+
+    assert await refs(scope=(["courier"], [])) == ["TK-4", "TK-3"]
+    assert await refs(scope=([], ["billing", "safety"])) == ["TK-6", "TK-5", "TK-4"]
+    assert await refs(scope=(["courier"], ["safety"])) == ["TK-6", "TK-4", "TK-3"]
+    assert await refs(scope=(["courier"], ["billing"]), limit=2) == ["TK-5", "TK-4"]  # the limit counts what matches
+    ids = {c.ref: c.id for c in await store.read(lambda tx: tx.list_cases())}
+    assert await refs(scope=(["poster"], []), status="queued", before_id=ids["TK-6"]) == ["TK-5", "TK-2"]
+    assert await refs(scope=([], [])) == []
+    assert len(ids) == 6 and await refs(scope=None) == [f"TK-{n}" for n in range(6, 0, -1)]
+
+
 async def test_channel_state_raw_payloads_and_known_ids(store):
     async def unit(tx):
         _, case_id = await _customer_and_case(tx)

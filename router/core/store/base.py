@@ -306,13 +306,25 @@ class Tx(abc.ABC):
         await self.execute(f"UPDATE {table} SET {assignments} WHERE id = $1", row_id, *(fields[n] for n in names))
 
     async def list_cases(
-        self, *, status: str | None = None, customer_id: int | None = None, limit: int = 50, before_id: int | None = None
+        self, *, status: str | None = None, customer_id: int | None = None, limit: int = 50, before_id: int | None = None,
+        scope: tuple[Sequence[str], Sequence[str]] | None = None,
     ) -> list[Case]:
-        clauses, args = [], []
+        """Newest first, `limit` at most, ids below `before_id`. `scope` = (lines, teams) keeps the cases on one of
+        those lines or teams (a supervisor's view), inside the query, so that every page is full while more exist."""
+        clauses: list[str] = []
+        args: list[Any] = []
         for column, value in (("status", status), ("customer_id", customer_id)):
             if value is not None:
                 args.append(value)
                 clauses.append(f"{column} = ${len(args)}")
+        if scope is not None:
+            either = []
+            for column, values in zip(("line", "team"), scope):
+                if values:
+                    args.extend(values)
+                    marks = ", ".join(f"${n}" for n in range(len(args) - len(values) + 1, len(args) + 1))
+                    either.append(f"{column} IN ({marks})")
+            clauses.append(f"({' OR '.join(either)})" if either else "1 = 0")
         if before_id is not None:
             args.append(before_id)
             clauses.append(f"id < ${len(args)}")
