@@ -3,6 +3,7 @@ receiver on loopback, and a guard that keeps tests off every network but loopbac
 from __future__ import annotations
 
 import asyncio
+import json
 import concurrent.futures
 import ipaddress
 import os
@@ -10,7 +11,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
 import pytest
@@ -246,11 +247,15 @@ class WebhookReceiver:
     # Statuses to answer with, in order; when exhausted, 200.
     script: list[int] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    # Called with each parsed body before answering, as an integration that acts on a webhook before replying.
+    before_answer: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.requests.append({"headers": dict(request.headers), "body": body})
         self.arrived.set()
+        if self.before_answer is not None:
+            await self.before_answer(json.loads(body))
         status = self.script.pop(0) if self.script else 200
         if status == 200:
             return web.json_response({"id": f"ext-{len(self.requests)}"})

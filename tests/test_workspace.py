@@ -563,6 +563,32 @@ async def test_the_integration_reports_a_delivery_failure_that_the_agent_sees(de
     assert person.status == 401  # delivery reports come from the integration, not from people
 
 
+async def test_a_delivery_report_that_arrives_before_the_webhook_answer_is_kept(desk):
+    await desk.online("anna")
+    ref = await desk.customer_writes()
+    await desk.take("anna", ref)
+    reports = []
+
+    async def report_first(body):  # the integration pushes to the phone and reports, then answers the webhook
+        if body["kind"] == "reply":
+            response = await desk.client.post(f"/api/v1/deliveries/{body['delivery_id']}", headers=auth(TOKEN),
+                                              json={"status": "failed", "error": "app uninstalled"})
+            reports.append(response.status)
+
+    desk.receiver.before_answer = report_first
+    reply = await desk.client.post(f"/api/v1/cases/{ref}/replies", headers=desk.as_("anna"), json={"text": "Hi"})
+    outbound_id = (await reply.json())["outbound_id"]
+    await desk.deliveries("reply")
+    case = await desk.case(ref, who="anna")
+    [out] = [o for o in case["outbound"] if o["id"] == outbound_id]
+    assert reports == [200]
+    assert (out["status"], out["last_error"], out["attempts"]) == ("failed", "app uninstalled", 1)
+    types = [e["type"] for e in case["events"] if e["data"].get("outbound_id") == outbound_id]
+    assert types == ["message.sent", "outbound.bounced", "outbound.sent"]
+    await desk.sb.outbox.run_once()  # nothing is due again: the report's word stands
+    assert len([r for r in desk.receiver.requests if json.loads(r["body"])["kind"] == "reply"]) == 1
+
+
 async def test_streams_end_quietly_when_the_browser_leaves_or_the_server_stops(http_factory, webhook_receiver,
                                                                               caplog):
     h = await http_factory(workspace_config(webhook_receiver.url, console={"stream_heartbeat": "1s"}),

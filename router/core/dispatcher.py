@@ -124,9 +124,9 @@ class Dispatcher:
     async def _identify(self, tx: Tx, message: InboundMessage, work: _Work) -> tuple[Customer, bool]:
         """Find or create the customer (and say whether it is new); a trusted source may link identities, and
         so merge customers."""
-        claimed = [message.sender] + (
-            [i for i in message.linked_identities if i != message.sender] if message.trusted else []
-        )
+        # Once normalised, two linked identities may be one ("+39 333 …" and "333…"): each is claimed once.
+        claimed = list(dict.fromkeys([message.sender, *message.linked_identities])) if message.trusted and \
+            message.linked_identities else [message.sender]
         found = await tx.customers_for_identities(claimed)
         if not found:
             role = message.context.role if message.trusted else None

@@ -95,14 +95,24 @@ class Outbox:
             data["provider_id"] = result.provider_id
 
         async def unit(tx):
+            current = await tx.get_outbound(outbound.id)
+            if current is not None and current.status is not OutboundStatus.SENDING:
+                # A delivery report (or a person) decided while this attempt was under way, e.g. the integration
+                # said "delivered" before answering the webhook: that word stands; the attempt is only counted.
+                await tx.finish_outbound(
+                    outbound.id, status=current.status, attempts=attempts, next_attempt_at=current.next_attempt_at,
+                    last_error=current.last_error, provider_id=result.provider_id or current.provider_id, at=now,
+                )
+                return current.status, ([await tx.append_event(outbound.case_id, event, "outbox", data, now)]
+                                        if result.ok else [])
             await tx.finish_outbound(
                 outbound.id, status=status, attempts=attempts, next_attempt_at=next_at,
                 last_error=result.error, provider_id=result.provider_id, at=now,
             )
-            return [await tx.append_event(outbound.case_id, event, "outbox", data, now)]
+            return status, [await tx.append_event(outbound.case_id, event, "outbox", data, now)]
 
-        events = await self.sb.store.write(unit)
-        self.sb.metrics.outbound.labels(outbound.channel, status.value).inc()
+        final, events = await self.sb.store.write(unit)
+        self.sb.metrics.outbound.labels(outbound.channel, final.value).inc()
         await self.sb.after_write(events)
 
     async def report(self, outbound_id: int, *, delivered: bool, error: str | None = None,

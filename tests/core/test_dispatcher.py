@@ -89,6 +89,19 @@ async def test_trusted_source_links_identities_across_channels(harness):
     assert customer.role == "poster"
 
 
+async def test_an_identity_linked_twice_under_two_spellings_is_claimed_once(harness):
+    spellings = [{"kind": "phone", "value": "+39 347 123 4567"}, {"kind": "phone", "value": "3471234567"},
+                 {"kind": "app", "value": "user-42"}]
+    new = await harness.ingest(external_id="a1", sender={"kind": "app", "value": "user-42"}, text="hi", trusted=True,
+                               linked_identities=spellings)
+    again = await harness.ingest(external_id="a2", sender=EMAIL, text="and by mail", trusted=True,
+                                 linked_identities=[*spellings, EMAIL])
+    assert again.customer_id == new.customer_id
+    customer = await harness.read(lambda tx: tx.get_customer(new.customer_id))
+    assert sorted(str(i) for i in customer.identities) == ["app:user-42", "email:anna@example.com",
+                                                           "phone:+393471234567"]
+
+
 async def test_untrusted_source_cannot_link_identities_or_set_roles(harness):
     by_email = await harness.ingest(external_id="m1", sender=EMAIL, text="hello", trusted=True)
     stranger = await harness.ingest(
