@@ -402,6 +402,23 @@ async def test_linked_sides_of_an_order_see_each_other(desk):
     assert after.status == 200
     assert (await after.json())["links"][0]["ref"] == poster
     assert [link["ref"] for link in (await desk.case(poster, who="dario"))["links"]] == [courier]
+    desk.receiver.script = [400]  # dario's reply is refused by the integration
+    await desk.client.post(f"/api/v1/cases/{courier}/replies", headers=desk.as_("dario"), json={"text": "On it"})
+    failed = await _failed_reply(desk, courier, "dario")
+    reading = await desk.client.post(f"/api/v1/outbound/{failed['id']}/retry", headers=desk.as_(poster_agent))
+    assert reading.status == 403  # reading the other side is not working it
+    assert (await desk.client.post(f"/api/v1/outbound/{failed['id']}/retry", headers=desk.as_("dario"))).status == 200
+
+
+async def _failed_reply(desk, ref, who):
+    for _ in range(100):
+        await desk.sb.outbox.run_once()
+        case = await desk.case(ref, who=who)
+        failed = [o for o in case["outbound"] if o["kind"] == "reply" and o["status"] == "failed"]
+        if failed:
+            return failed[0]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no failed reply on {ref}")
 
 
 async def test_a_rejected_delivery_shows_as_failed_and_can_be_retried(desk):
@@ -411,15 +428,9 @@ async def test_a_rejected_delivery_shows_as_failed_and_can_be_retried(desk):
     await desk.take("anna", ref)
     desk.receiver.script = [400]  # the integration refuses the reply: a permanent failure
     await desk.client.post(f"/api/v1/cases/{ref}/replies", headers=desk.as_("anna"), json={"text": "Fixed!"})
-    for _ in range(100):
-        await desk.sb.outbox.run_once()
-        case = await desk.case(ref, who="anna")
-        failed = [o for o in case["outbound"] if o["kind"] == "reply" and o["status"] == "failed"]
-        if failed:
-            break
-        await asyncio.sleep(0.02)
-    assert failed and "400" in failed[0]["last_error"]
-    assert "outbound.failed" in [e["type"] for e in case["events"]]
+    failed = [await _failed_reply(desk, ref, "anna")]
+    assert "400" in failed[0]["last_error"]
+    assert "outbound.failed" in [e["type"] for e in (await desk.case(ref, who="anna"))["events"]]
     retry = await desk.client.post(f"/api/v1/outbound/{failed[0]['id']}/retry", headers=desk.as_("anna"), json={})
     assert retry.status == 200 and (await retry.json())["status"] == "pending"
     twice = await desk.client.post(f"/api/v1/outbound/{failed[0]['id']}/retry", headers=desk.as_("anna"), json={})

@@ -14,6 +14,7 @@ from router.core.model import DeliveryResult, IngestOutcome
 from router.stash import StashKey
 from router.web.api import require_integration
 from router.web.errors import HTTPProblem
+from router.web.inputs import json_object, path_id
 
 HTTP_SESSION = StashKey[aiohttp.ClientSession]()
 _json_str = json.JSONEncoder().encode  # a JSON string literal, escaped as json.dumps escapes it
@@ -57,12 +58,9 @@ def switchboard_web_routes(switchboard):
     async def delivery_report(request: web.Request) -> web.Response:
         """The integration says what became of a webhook it accepted: delivered to the person, or failed."""
         integration = require_integration(request, "ingest")
-        try:
-            body = await request.json()
-            outbound_id = int(request.match_info["delivery_id"])
-        except (ValueError, UnicodeDecodeError):
-            raise HTTPProblem(400, "bad_request", "a JSON body and a numeric delivery id, please") from None
-        status = body.get("status") if isinstance(body, dict) else None
+        outbound_id = path_id(request, "delivery_id", "delivery")
+        body = await json_object(request)
+        status = body.get("status")
         if status not in ("delivered", "failed"):
             raise HTTPProblem(400, "bad_request", "status must be delivered or failed",
                               fields=[{"field": "status", "problem": "delivered or failed"}])

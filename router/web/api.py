@@ -11,6 +11,7 @@ from router.config import IntegrationConfig
 from router.core.model import Case, Customer, Event, Message, Outbound
 from router.web.auth import require
 from router.web.errors import HTTPProblem
+from router.web.inputs import MAX_ID, path_id, query_int
 
 
 def switchboard_of(request: web.Request) -> Switchboard:
@@ -79,15 +80,9 @@ def outbound_json(outbound: Outbound) -> dict[str, Any]:
 
 async def list_cases(request: web.Request) -> web.Response:
     who = await require(request, "read")
-    query = request.query
-    try:
-        limit = int(query.get("limit", 50))
-        before = int(query["before"]) if "before" in query else None
-    except ValueError:
-        raise HTTPProblem(400, "bad_request", "limit and before must be whole numbers") from None
-    if not 1 <= limit <= 500:
-        raise HTTPProblem(400, "bad_request", f"limit must be between 1 and 500, not {limit}")
-    status = query.get("status")
+    limit = query_int(request, "limit", 50, 1, 500)
+    before = query_int(request, "before", None, 1, MAX_ID)
+    status = request.query.get("status")
     cases = await switchboard_of(request).store.read(
         lambda tx: tx.list_cases(status=status, limit=limit, before_id=before, scope=who.case_scope)
     )
@@ -123,10 +118,7 @@ async def list_quarantine(request: web.Request) -> web.Response:
 
 
 def _item_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        raise HTTPProblem(400, "bad_request", "a quarantine id is a whole number") from None
+    return path_id(request, "id", "quarantine")
 
 
 async def get_quarantined(request: web.Request) -> web.Response:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +21,7 @@ from router.routing_config import AgentConfig
 from router.web.api import switchboard_of
 from router.web.auth import acting_agent, may_act_on, principal, require
 from router.web.errors import HTTPProblem
+from router.web.inputs import json_object, path_id
 
 
 def _assigner(request: web.Request) -> Assigner:
@@ -33,14 +33,7 @@ def _assigner(request: web.Request) -> Assigner:
 
 async def _body(request: web.Request, *required: str) -> dict[str, Any]:
     """The JSON object sent; an empty body counts as {} (accepting an offer needs nothing more)."""
-    if not await request.read() and not required:
-        return {}
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise HTTPProblem(400, "bad_request", "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise HTTPProblem(400, "bad_request", "the body must be a JSON object")
+    body = await json_object(request, empty=None if required else {})
     missing = [name for name in required if not isinstance(body.get(name), str) or not body[name].strip()]
     if missing:
         raise HTTPProblem(400, "bad_request", f"missing field{'s' * (len(missing) > 1)}: {', '.join(missing)}",
@@ -49,10 +42,7 @@ async def _body(request: web.Request, *required: str) -> dict[str, Any]:
 
 
 def _offer_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["offer_id"])
-    except ValueError:
-        raise HTTPProblem(404, "not_found", "offer ids are whole numbers") from None
+    return path_id(request, "offer_id", "offer")
 
 
 # -- agents ------------------------------------------------------------------------------------------------------

@@ -83,8 +83,12 @@ def _period(request: web.Request, default: timedelta) -> tuple[datetime, datetim
     try:
         until = _when(request.query.get("to")) or now
         since = _when(request.query.get("from")) or until - default
+        since.astimezone(timezone.utc), until.astimezone(timezone.utc)  # what the store will do with them
     except ValueError as exc:
         raise HTTPProblem(400, "bad_request", f"from and to are ISO 8601 times: {exc}") from None
+    except OverflowError:
+        raise HTTPProblem(400, "bad_request", "from and to must lie between the years 1 and 9999 in UTC, "
+                                              "with the default period of the report before to") from None
     if since >= until:
         raise HTTPProblem(400, "bad_request", "from must be before to")
     if until - since > MAX_PERIOD:

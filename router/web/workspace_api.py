@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -17,6 +18,7 @@ from router.web.api import case_json, customer_json, event_json, message_json, o
 from router.web.assignment_api import _assigner, _body, open_work
 from router.web.auth import SESSION_COOKIE, bearer, may_act_on, principal, require
 from router.web.errors import HTTPProblem
+from router.web.inputs import path_id
 
 RELATIONS = ("other_side", "related", "followup")
 
@@ -216,19 +218,23 @@ async def get_case(request: web.Request) -> web.Response:
 async def get_attachment(request: web.Request) -> web.Response:
     ref = request.match_info["ref"].upper()
     _who, case, _work = await readable_case(request, ref)
-    try:
-        attachment_id = int(request.match_info["attachment_id"])
-    except ValueError:
-        raise HTTPProblem(404, "not_found", "attachment ids are whole numbers") from None
+    attachment_id = path_id(request, "attachment_id", "attachment")
     row = await switchboard_of(request).store.read(lambda tx: tx.fetchrow(
         "SELECT a.filename, a.content_type, a.content FROM attachments a JOIN messages m ON m.id = a.message_id "
         "WHERE a.id = $1 AND m.case_id = $2", attachment_id, case.id))
     if row is None or row["content"] is None:
         raise HTTPProblem(404, "not_found", f"no stored attachment {attachment_id} on {ref}")
-    filename = row["filename"].replace('"', "")
     return web.Response(body=bytes(row["content"]), content_type="application/octet-stream", headers={
-        "Content-Disposition": f'attachment; filename="{filename}"', "X-Content-Type-Options": "nosniff",
-        "X-Original-Content-Type": row["content_type"]})
+        "Content-Disposition": _attachment_disposition(row["filename"] or ""), "X-Content-Type-Options": "nosniff",
+        "X-Original-Content-Type": "".join(c for c in row["content_type"] or "" if " " <= c <= "~")[:255]})
+
+
+def _attachment_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII `filename` for old clients and the exact name, UTF-8 and percent-encoded, in `filename*`.
+    Customers' file names hold anything (quotes, line breaks, any script): none of it reaches the header raw."""
+    name = "".join(c for c in filename if c.isprintable()).strip() or "attachment"
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 # -- notes, links, merges -------------------------------------------------------------------------------------------
@@ -330,16 +336,18 @@ async def _case_and_work(tx, ref: str):
 async def retry_outbound(request: web.Request) -> web.Response:
     """Send a failed outbound message again (after fixing the address, or when the channel is back)."""
     who = await require(request, "agent")
-    try:
-        outbound_id = int(request.match_info["outbound_id"])
-    except ValueError:
-        raise HTTPProblem(404, "not_found", "outbound ids are whole numbers") from None
+    outbound_id = path_id(request, "outbound_id", "outbound")
     sb = switchboard_of(request)
     outbound = await sb.store.read(lambda tx: tx.get_outbound(outbound_id))
     if outbound is None:
         raise HTTPProblem(404, "not_found", f"no outbound message {outbound_id}")
     case = await sb.store.read(lambda tx: tx.case_by_id(outbound.case_id))
-    await readable_case(request, case.ref)
+    _who, case, work = await readable_case(request, case.ref)
+    author = outbound.message_id and await sb.store.read(
+        lambda tx: tx.fetchval("SELECT sender FROM messages WHERE id = $1", outbound.message_id))
+    if not (who.is_person and author == who.agent_id):  # whoever wrote a message may send it again
+        may_act_on(who, holder=work["agent_id"] if work and case.is_open else None, line=case.line, team=case.team,
+                   ref=case.ref, what="send a message again on")
     now = sb.clock.now()
 
     async def unit(tx):

@@ -108,6 +108,27 @@ async def test_attachments_arrive_base64_and_are_listed(http_factory):
     case = await (await h.client.get("/api/v1/cases/TK-1001", headers=auth())).json()
     [attachment] = case["messages"][0]["attachments"]
     assert attachment["filename"] == "квитанция.txt" and attachment["size"] == len(content)
+    download = await h.client.get(f"/api/v1/cases/TK-1001/attachments/{attachment['id']}", headers=auth())
+    assert await download.read() == content
+    assert download.headers["Content-Disposition"] == (
+        "attachment; filename=\"_________.txt\"; filename*=UTF-8''%D0%BA%D0%B2%D0%B8%D1%82%D0%B0%D0%BD%D1%86%D0%B8%D1%8F.txt")
+
+
+async def test_an_attachment_named_with_line_breaks_and_quotes_downloads_cleanly(http_factory):
+    h = await http_factory()
+    body = {**MESSAGE, "attachments": [{"filename": 'bill\r\nSet-Cookie: a=b "final".pdf',
+                                        "content_type": "application/pdf\r\nX-Evil: 1",
+                                        "content_base64": base64.b64encode(b"%PDF-1.4").decode()}]}
+    assert (await post(h.client, body)).status == 202
+    case = await (await h.client.get("/api/v1/cases/TK-1001", headers=auth())).json()
+    [attachment] = case["messages"][0]["attachments"]
+    download = await h.client.get(f"/api/v1/cases/TK-1001/attachments/{attachment['id']}", headers=auth())
+    assert download.status == 200 and await download.read() == b"%PDF-1.4"
+    assert "Set-Cookie" not in download.headers and "X-Evil" not in download.headers
+    assert download.headers["Content-Disposition"] == (
+        "attachment; filename=\"billSet-Cookie: a=b _final_.pdf\"; "
+        "filename*=UTF-8''billSet-Cookie%3A%20a%3Db%20%22final%22.pdf")
+    assert download.headers["X-Original-Content-Type"] == "application/pdfX-Evil: 1"
 
 
 async def test_unknown_token_is_401_and_missing_scope_is_403(http_factory):
