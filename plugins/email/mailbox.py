@@ -65,7 +65,8 @@ def to_inbound(parsed: ParsedMail, raw: bytes, mailbox: MailboxConfig, tokens: T
                 if found:
                     ref, outbound_id = found
                     break
-        # A bounce is about the address that failed: it belongs in that customer's case.
+        # A bounce is about the address that failed: it belongs in that customer's case. (When the bounced
+        # outbound is known, the mailbox puts its recipient here instead: a forwarded address reports another.)
         if ref and parsed.bounce.recipients:
             sender = parsed.bounce.recipients[0]
     text = parsed.text or parsed.full_text or (parsed.subject or "") or "(empty message)"
@@ -93,7 +94,9 @@ def to_inbound(parsed: ParsedMail, raw: bytes, mailbox: MailboxConfig, tokens: T
     )
     message = InboundMessage(
         channel=CHANNEL, account=mailbox.address, external_id=parsed.message_id,
-        sender=Identity(kind="email", value=sender[:512]), display_name=(parsed.display_name or "")[:512] or None,
+        sender=Identity(kind="email", value=sender[:512]),
+        # A bounce's name is the mailer's ("Mail Delivery System"), not the customer's.
+        display_name=None if sender != parsed.sender else (parsed.display_name or "")[:512] or None,
         subject=parsed.subject, text=text, attachments=attachments, thread=hints, raw=raw,
         auto_generated=parsed.auto_generated is not None, details=details,
     )
@@ -309,7 +312,8 @@ class Mailbox:
             for batch in self._body_batches(wanted, sizes):
                 bodies = await self.session.call(client.fetch, batch, ["BODY.PEEK[]"])
                 mails = [(uid, bytes(bodies[uid][b"BODY[]"])) for uid in batch if uid in bodies]
-                parsed = self._parse([raw for _, raw in mails])
+                # In a thread: a slow mail delays this mailbox only, not the event loop (the API, other mailboxes).
+                parsed = await asyncio.to_thread(self._parse, [raw for _, raw in mails])
                 if writing is not None:
                     self._count(await writing, counts, done)
                 writing = asyncio.create_task(self._ingest_all(mails, parsed, uidvalidity))
@@ -361,6 +365,8 @@ class Mailbox:
                 continue
             try:
                 message, answers = to_inbound(parsed, raw, self.config, self.tokens, self._source(uid, uidvalidity))
+                if parsed.bounce is not None and answers is not None:
+                    message = await self._bounced_recipient(message, answers)
                 message = self.sb.dispatcher.normalise(message)
             except ValueError as exc:  # InvalidInbound and pydantic's ValidationError among them
                 await self._quarantine(uid, uidvalidity, raw, f"{type(exc).__name__}: {exc}")
@@ -375,23 +381,41 @@ class Mailbox:
         await asyncio.gather(*(one_sender(items) for items in by_sender.values()))
         return results
 
+    async def _bounced_recipient(self, message: InboundMessage, outbound_id: int) -> InboundMessage:
+        """A bounce of a mail Switchboard sent goes to the case of the address it was sent to, whatever address
+        the report names (a forwarding address reports where it forwarded to)."""
+        outbound = await self.sb.store.read(lambda tx: tx.get_outbound(outbound_id))
+        if outbound is None or outbound.recipient.kind != "email" or outbound.recipient == message.sender:
+            return message
+        return message.model_copy(update={"sender": outbound.recipient, "display_name": None})
+
     async def _ingest_one(self, uid: int, uidvalidity: int, raw: bytes, message: InboundMessage,
                           answers: int | None) -> str:
+        bounce = message.details.get("bounce")
+        also = None
+        if bounce and answers is not None and bounce.get("action", "failed") == "failed":
+            reason = "bounced: " + " ".join(filter(None, (bounce.get("status"), bounce.get("diagnostic")))) \
+                if bounce.get("status") or bounce.get("diagnostic") else "bounced"
+            now = self.sb.clock.now()
+
+            async def also(tx, _result):  # the bounce and its report commit together, or neither does
+                _found, events = await self.sb.outbox.report_in(
+                    tx, answers, delivered=False, error=reason[:500],
+                    recipient_failing=bool(bounce.get("permanent")), now=now)
+                return events
         try:
-            result = await self.sb.dispatcher.ingest(message)
-        except InvalidInbound as exc:
-            await self._quarantine(uid, uidvalidity, raw, f"InvalidInbound: {exc}")
+            result = await self.sb.dispatcher.ingest(message, also=also)
+        except (StoreUnavailable, asyncio.CancelledError):
+            raise  # nothing was written: the mail stays on the server for the next sync
+        except Exception as exc:  # noqa: BLE001 - this mail cannot be stored as it is; the others go on
+            if not isinstance(exc, InvalidInbound):
+                log.exception("mailbox %s: UID %s could not be stored; quarantined", self.config.name, uid)
+            await self._quarantine(uid, uidvalidity, raw, f"{type(exc).__name__}: {exc}")
             return "quarantined"
         if result.outcome is IngestOutcome.DUPLICATE:
             # Recognised only now (no Message-ID: its content hash matched), perhaps from another mailbox.
             await self._record_duplicates([(uid, message.external_id, (result.case.id, result.case.account))],
                                           uidvalidity)
-        bounce = message.details.get("bounce")
-        if bounce and answers is not None and result.outcome is not IngestOutcome.DUPLICATE:
-            reason = "bounced: " + " ".join(filter(None, (bounce.get("status"), bounce.get("diagnostic")))) \
-                if bounce.get("status") or bounce.get("diagnostic") else "bounced"
-            await self.sb.outbox.report(answers, delivered=False, error=reason[:500],
-                                        recipient_failing=bool(bounce.get("permanent")))
         return "bounce" if bounce else result.outcome.value
 
     async def _quarantine(self, uid: int, uidvalidity: int, raw: bytes, reason: str, **meta: Any) -> None:

@@ -67,6 +67,9 @@ class Bounce:
     status: str | None
     diagnostic: str | None
     permanent: bool
+    # "failed" (not delivered); "delayed" (still being tried) and "delivered" (a success notice) are news for
+    # the case and leave the outbound message as it is.
+    action: str = "failed"
 
 
 @dataclasses.dataclass(slots=True)
@@ -107,6 +110,12 @@ def _raw_values(message: Message, name: str) -> list[str]:
     lowered = name.lower()
     return [_unescape(value) if isinstance(value, str) else str(value)
             for key, value in message.raw_items() if key.lower() == lowered]
+
+
+def _first(message: Message, name: str) -> str | None:
+    """A header's first value as written: a str even for raw 8-bit values (compat32's get() gives a Header)."""
+    values = _raw_values(message, name)
+    return values[0] if values else None
 
 
 def _decode_words(value: str) -> str:
@@ -195,7 +204,7 @@ def decode_part(part: Message, notes: list[str]) -> str:
     charset = _WINDOWS_ALIASES.get(charset, charset)
     try:
         codecs.lookup(charset)
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
         notes.append(f"unknown charset {charset!r}: read as UTF-8 or Windows-1252")
         charset = ""
     for candidate in ([charset] if charset else []) + ["utf-8"] + (["latin-1"] if charset == "cp1252" else []):
@@ -288,18 +297,41 @@ def _reply_splitter(languages: tuple[str, ...], text: str) -> EmailMessage:
     return message
 
 
+# The reply parser's "On ... wrote:" patterns backtrack quadratically on a long line that starts like a header
+# ("On Monday I booked ..." as one 20,000-character paragraph took 5 s, 78 KB took two minutes). No real header
+# line is that long: longer lines reach the parser as short placeholders, put back in its result. And only the
+# first 64 KB are split (the new text of a reply comes first): at most ~0.3 s for the worst text on this VM.
+_LONGEST_HEADER_LINE = 256
+_SPLIT_AT_MOST = 65536
+_PLACEHOLDER = "\ue000{}\ue001"
+_PLACEHOLDERS = re.compile("\ue000([0-9]+)\ue001")
+
+
 def split_reply(text: str, languages: list[str]) -> str:
     """The new text of a reply: the quoted earlier mail, its "On ... wrote:" line and the signature removed."""
     if not text.strip():
         return ""
+    long_lines: list[str] = []
+    cut = len(text) > _SPLIT_AT_MOST
+    text_in = text[: text.rfind("\n", 0, _SPLIT_AT_MOST) + 1 or _SPLIT_AT_MOST] if cut else text
+    if len(text_in) > _LONGEST_HEADER_LINE and "\ue000" not in text_in:
+        def shorten(line: str) -> str:
+            if len(line) <= _LONGEST_HEADER_LINE:
+                return line
+            long_lines.append(line)
+            return _PLACEHOLDER.format(len(long_lines) - 1)
+
+        text_in = "\n".join(shorten(line) for line in text_in.split("\n"))
     try:
-        message = _reply_splitter(tuple(languages), text).read()
+        message = _reply_splitter(tuple(languages), text_in).read()
     except Exception:  # noqa: BLE001 - the splitter is a convenience: the full text is always kept
         return text.strip()
-    if not message.replies:
+    if not message.replies or (cut and len(message.replies) == 1):  # nothing quoted in the part looked at
         return text.strip()
     first = message.replies[0]
     body = first.body or first.content
+    if long_lines:
+        body = _PLACEHOLDERS.sub(lambda m: long_lines[int(m.group(1))], body)
     # Plain ">" quoting without a header line above it.
     lines = body.rstrip().split("\n")
     while lines and lines[-1].lstrip().startswith(">"):
@@ -310,16 +342,16 @@ def split_reply(text: str, languages: list[str]) -> str:
 # -- auto-generated mail and bounces ---------------------------------------------------------------------------------
 def auto_generated_reason(message: Message, sender: str) -> str | None:
     """Why this mail must never get an automatic answer (RFC 3834 and what mailers actually send), or None."""
-    auto = (message.get("Auto-Submitted") or "").strip().lower()
+    auto = (_first(message, "Auto-Submitted") or "").strip().lower()
     if auto and not auto.startswith("no"):
         return f"Auto-Submitted: {auto}"
-    precedence = (message.get("Precedence") or "").strip().lower()
+    precedence = (_first(message, "Precedence") or "").strip().lower()
     if precedence in ("bulk", "junk", "list", "auto_reply"):
         return f"Precedence: {precedence}"
     for name in ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress", "List-Id", LOOP_HEADER):
         if message.get(name) is not None:
             return f"{name} header"
-    return_path = message.get("Return-Path")
+    return_path = _first(message, "Return-Path")
     if return_path is not None and return_path.strip() in ("<>", ""):
         return "empty Return-Path (a bounce)"
     local = sender.rpartition("@")[0].lower()
@@ -333,6 +365,8 @@ def auto_generated_reason(message: Message, sender: str) -> str | None:
 def read_bounce(message: Message, walk: _Walk, text: str) -> Bounce | None:
     """What a delivery-status report (RFC 3464) says, or what a plain-text bounce quotes, or None."""
     recipients: list[str] = []
+    delayed: list[str] = []
+    succeeded: list[str] = []
     status = diagnostic = None
     permanent = False
     original: list[str] = []
@@ -346,18 +380,23 @@ def read_bounce(message: Message, walk: _Walk, text: str) -> Bounce | None:
                 found_report = True
                 blocks = part.get_payload()
                 for block in blocks if isinstance(blocks, list) else []:
-                    action = (block.get("Action") or "").strip().lower()
-                    final = block.get("Final-Recipient") or block.get("Original-Recipient")
-                    if final and action in ("failed", "delayed", ""):
-                        recipients.append(_unescape(final).split(";", 1)[-1].strip().strip("<>"))
-                        status = (block.get("Status") or status or "").strip() or None
-                        if block.get("Diagnostic-Code"):
-                            diagnostic = " ".join(_unescape(block["Diagnostic-Code"]).split())[:500]
-                        permanent = permanent or action == "failed"
+                    action = (_first(block, "Action") or "").strip().lower()
+                    final = _first(block, "Final-Recipient") or _first(block, "Original-Recipient")
+                    if not final:
+                        continue
+                    address = final.split(";", 1)[-1].strip().strip("<>")
+                    if action in ("delivered", "relayed", "expanded"):
+                        succeeded.append(address)  # news of success, not a failure
+                        continue
+                    (delayed if action == "delayed" else recipients).append(address)
+                    status = (_first(block, "Status") or status or "").strip() or None
+                    if _first(block, "Diagnostic-Code"):
+                        diagnostic = " ".join((_first(block, "Diagnostic-Code") or "").split())[:500]
+                    permanent = permanent or action == "failed"
             elif ctype in ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers"):
                 inner = part.get_payload()
                 if isinstance(inner, list) and inner:
-                    original += message_ids(inner[0].get("Message-ID"))
+                    original += message_ids(_first(inner[0], "Message-ID"))
                 elif isinstance(inner, str):
                     original += message_ids(message_from_bytes(inner.encode("utf-8", "replace")).get("Message-ID"))
     if not found_report:
@@ -370,6 +409,9 @@ def read_bounce(message: Message, walk: _Walk, text: str) -> Bounce | None:
         permanent = bool(recipients)
     if status and status.startswith("4"):
         permanent = False
+    if found_report and not recipients and (delayed or succeeded):  # news for the case, not a failure
+        return Bounce(recipients=delayed or succeeded, original_ids=original, status=status, diagnostic=diagnostic,
+                      permanent=False, action="delayed" if delayed else "delivered")
     return Bounce(recipients=recipients, original_ids=original, status=status, diagnostic=diagnostic,
                   permanent=permanent)
 
@@ -397,7 +439,7 @@ def parse_mail(raw: bytes, *, languages: list[str], max_attachment_bytes: int,
     reply_to = _addresses(message, "Reply-To")
     if reply_to and reply_to[0][1].lower() != sender.lower():
         notes.append(f"Reply-To {reply_to[0][1]} differs from From {sender}; answers go to From")
-    ids = message_ids(message.get("Message-ID"))
+    ids = message_ids(_first(message, "Message-ID"))
     has_id = bool(ids)
     message_id = ids[0] if ids else content_hash_id(raw)
     if not has_id:
@@ -414,17 +456,17 @@ def parse_mail(raw: bytes, *, languages: list[str], max_attachment_bytes: int,
     for section, part in walk.attachments:
         attachments.append(_attachment(part, section, notes, max_attachment_bytes, oversized_attachments))
     subject = header_text(message, "Subject", notes)
-    references = message_ids(message.get("References"))
-    for parent in message_ids(message.get("In-Reply-To")):
+    references = message_ids(_first(message, "References"))
+    for parent in message_ids(_first(message, "In-Reply-To")):
         if parent not in references:
             references.append(parent)
     tag = _CASE_TAG.search(subject or "")
     try:
-        date = message.get("Date")
+        date = _first(message, "Date")
         sent_at = parsedate_to_datetime(date) if date else None
         if sent_at is not None and sent_at.tzinfo is None:
             sent_at = sent_at.replace(tzinfo=timezone.utc)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         sent_at = None
     auto = auto_generated_reason(message, sender)
     bounce = read_bounce(message, walk, full_text) if auto else None

@@ -5,7 +5,7 @@ import dataclasses
 import logging
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from router.core import csat
 from router.core.model import (
@@ -13,6 +13,7 @@ from router.core.model import (
     CaseStatus,
     Customer,
     Direction,
+    Event,
     Identity,
     InboundMessage,
     IngestOutcome,
@@ -59,10 +60,14 @@ class Dispatcher:
         self.config = switchboard.config
 
     # -- public ---------------------------------------------------------------------------------------------
-    async def ingest(self, message: InboundMessage) -> IngestResult:
+    async def ingest(self, message: InboundMessage,
+                     also: Callable[[Tx, IngestResult], Awaitable[list[Event]]] | None = None) -> IngestResult:
         """Store `message` durably in a case and return what happened. Idempotent on (channel, external id).
 
         When this returns, the message survives a crash; only then may the channel acknowledge the sender.
+        `also` is a channel's own work that must commit with the message or not at all (a bounce and the report
+        on the bounced outbound): it runs in the same unit after the message is stored, not for a redelivery,
+        and returns the events it wrote.
         Raises :class:`InvalidInbound` for a message that cannot be taken and
         :class:`router.core.store.base.StoreUnavailable` when nothing could be written.
         """
@@ -74,7 +79,16 @@ class Dispatcher:
             raise
         message = await self.sb.hooks.inbound_received(message=message, switchboard=self.sb)
         # A redelivery is recognised inside the write (the one place that cannot race), not by a read before.
-        result = await self.sb.store.write(lambda tx: self._ingest(tx, message))
+        if also is None:
+            result = await self.sb.store.write(lambda tx: self._ingest(tx, message))
+        else:
+            async def unit(tx: Tx) -> IngestResult:
+                stored = await self._ingest(tx, message)
+                if stored.outcome is not IngestOutcome.DUPLICATE:
+                    stored.events += await also(tx, stored)
+                return stored
+
+            result = await self.sb.store.write(unit)
         self.sb.metrics.observe_ingest(message.channel, result.outcome.value, time.perf_counter() - started)
         await self.sb.after_write(result.events, wake_outbox=bool(result.outbound_ids))
         return result
@@ -98,9 +112,12 @@ class Dispatcher:
             raise InvalidInbound("context.role", f"unknown role {role!r}; configured roles: {self.config.instance.roles}")
         if not message.text.strip() and not message.attachments:
             raise InvalidInbound("text", "a message needs text or at least one attachment")
-        return message.model_copy(
-            update={"sender": sender, "linked_identities": linked, "received_at": message.received_at or self.sb.clock.now()}
-        )
+        update = {"sender": sender, "linked_identities": linked, "received_at": message.received_at or self.sb.clock.now()}
+        for name in ("text", "subject", "display_name"):  # U+0000: no store keeps it alike (PostgreSQL cannot)
+            value = getattr(message, name)
+            if value and "\x00" in value:
+                update[name] = value.replace("\x00", "\ufffd")
+        return message.model_copy(update=update)
 
     # -- inside the write -----------------------------------------------------------------------------------
     async def _duplicate(self, tx: Tx, message_id: int, case_id: int) -> IngestResult:
@@ -168,8 +185,11 @@ class Dispatcher:
         previous, how = (None, "new customer") if is_new else await self._find_thread(tx, message, customer)
         now = work.now
         if previous is not None and previous.is_open:
-            changes: dict[str, Any] = {"updated_at": now, "last_inbound_at": now}
-            if previous.status == CaseStatus.WAITING_CUSTOMER:
+            # An out-of-office answer or a bounce is not the customer writing: it neither counts as their reply
+            # nor takes the case out of waiting for them.
+            changes: dict[str, Any] = {"updated_at": now} if message.auto_generated else \
+                {"updated_at": now, "last_inbound_at": now}
+            if previous.status == CaseStatus.WAITING_CUSTOMER and not message.auto_generated:
                 changes["status"] = CaseStatus.ASSIGNED
                 work.event(previous.id, "case.status_changed",
                     {"from": previous.status.value, "to": CaseStatus.ASSIGNED.value, "reason": "customer replied"},
@@ -182,6 +202,10 @@ class Dispatcher:
         if previous is not None and not previous.is_open and not message.auto_generated \
                 and await self._survey_answer(tx, message, previous, customer, work):
             return previous, IngestOutcome.APPENDED  # a satisfaction score: recorded, the case stays resolved
+        if previous is not None and not previous.is_open and message.auto_generated and how != "latest_case":
+            # A machine's answer to our own mail (an out-of-office reply to the survey, a bounce of the closing
+            # reply): kept on that case for the agent to see, without reopening it or opening another.
+            return previous, IngestOutcome.APPENDED
         window = self.config.threading.reopen_window
         if (
             previous is not None

@@ -4,11 +4,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from router.core.model import DeliveryResult, Outbound, OutboundStatus
-from router.core.store.base import StoreUnavailable
+from router.core.model import DeliveryResult, Event, Outbound, OutboundStatus
+from router.core.store.base import StoreUnavailable, Tx
 from router.core.tasks import cancel_and_wait
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -124,27 +124,35 @@ class Outbox:
         nothing. Returns whether the row exists.
         """
         now = self.sb.clock.now()
-        status = OutboundStatus.DELIVERED if delivered else OutboundStatus.FAILED
 
         async def unit(tx):
-            outbound = await tx.get_outbound(outbound_id)
-            if outbound is None:
-                return False, []
-            if outbound.status is status and outbound.last_error == error:
-                return True, []
-            await tx.finish_outbound(outbound_id, status=status, attempts=outbound.attempts, next_attempt_at=now,
-                                     last_error=error, provider_id=outbound.provider_id, at=now)
-            data = {"outbound_id": outbound_id, "channel": outbound.channel, "kind": outbound.kind,
-                    "recipient": str(outbound.recipient)}
-            if error:
-                data["error"] = error
-            events = [(outbound.case_id, "outbound.delivered" if delivered else "outbound.bounced", data)]
-            if not delivered and recipient_failing:
-                if await tx.mark_identity_failing(outbound.recipient, error or "delivery failed", now):
-                    events.append((outbound.case_id, "identity.failing",
-                                   {"identity": str(outbound.recipient), "reason": error or "delivery failed"}))
-            return True, await tx.append_events(events, outbound.channel, now)
+            return await self.report_in(tx, outbound_id, delivered=delivered, error=error,
+                                        recipient_failing=recipient_failing, now=now)
 
         found, events = await self.sb.store.write(unit)
         await self.sb.after_write(events)
         return found
+
+    @staticmethod
+    async def report_in(tx: Tx, outbound_id: int, *, delivered: bool, error: str | None, recipient_failing: bool,
+                        now: datetime) -> tuple[bool, list[Event]]:
+        """:meth:`report` inside a unit of the caller's (so a stored bounce and its report commit together):
+        whether the row exists, and the events written."""
+        status = OutboundStatus.DELIVERED if delivered else OutboundStatus.FAILED
+        outbound = await tx.get_outbound(outbound_id)
+        if outbound is None:
+            return False, []
+        if outbound.status is status and outbound.last_error == error:
+            return True, []
+        await tx.finish_outbound(outbound_id, status=status, attempts=outbound.attempts, next_attempt_at=now,
+                                 last_error=error, provider_id=outbound.provider_id, at=now)
+        data = {"outbound_id": outbound_id, "channel": outbound.channel, "kind": outbound.kind,
+                "recipient": str(outbound.recipient)}
+        if error:
+            data["error"] = error
+        events = [(outbound.case_id, "outbound.delivered" if delivered else "outbound.bounced", data)]
+        if not delivered and recipient_failing:
+            if await tx.mark_identity_failing(outbound.recipient, error or "delivery failed", now):
+                events.append((outbound.case_id, "identity.failing",
+                               {"identity": str(outbound.recipient), "reason": error or "delivery failed"}))
+        return True, await tx.append_events(events, outbound.channel, now)

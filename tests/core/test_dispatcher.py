@@ -201,6 +201,41 @@ async def test_customer_reply_moves_a_waiting_case_back_to_its_agent(harness):
     assert reply.case.status is CaseStatus.ASSIGNED
 
 
+async def test_an_out_of_office_answer_neither_reopens_nor_ends_the_wait(harness):
+    first = await harness.ingest(external_id="m1", sender=EMAIL, text="hello")
+    before = (await harness.read(lambda tx: tx.case_by_id(first.case.id))).last_inbound_at
+    await harness.sb.store.write(lambda tx: tx.update_case(first.case.id, status=CaseStatus.WAITING_CUSTOMER))
+    harness.clock.advance(timedelta(minutes=5))
+    away = await harness.ingest(external_id="m2", sender=EMAIL, text="I am away until Monday", auto_generated=True,
+                                thread={"case_ref": first.case.ref})
+    case = await harness.read(lambda tx: tx.case_by_id(first.case.id))
+    assert away.outcome is IngestOutcome.APPENDED and case.status is CaseStatus.WAITING_CUSTOMER
+    assert case.last_inbound_at == before  # the customer has still not answered
+
+    resolved_at = harness.clock.now()
+    await harness.sb.store.write(
+        lambda tx: tx.update_case(first.case.id, status=CaseStatus.RESOLVED, resolved_at=resolved_at))
+    harness.clock.advance(timedelta(hours=1))
+    again = await harness.ingest(external_id="m3", sender=EMAIL, text="Automatic reply: away", auto_generated=True,
+                                 thread={"in_reply_to": ["no-such-id"], "case_ref": first.case.ref})
+    case = await harness.read(lambda tx: tx.case_by_id(first.case.id))
+    assert again.outcome is IngestOutcome.APPENDED and again.case.id == first.case.id
+    assert case.status is CaseStatus.RESOLVED
+    assert [o.kind for o in await harness.read(lambda tx: tx.outbound_for_case(first.case.id))] == ["ack"]
+    person = await harness.ingest(external_id="m4", sender=EMAIL, text="I am back, still broken",
+                                  thread={"case_ref": first.case.ref})
+    assert person.outcome is IngestOutcome.REOPENED  # a person's answer still reopens
+
+
+async def test_a_nul_character_is_stored_as_the_replacement_character(harness):
+    result = await harness.ingest(external_id="m1", sender=EMAIL, text="photo\x00attached",
+                                  subject="odd\x00subject", display_name="An\x00na")
+    message = (await harness.read(lambda tx: tx.messages_for_case(result.case.id)))[0]
+    assert message.text == "photo\ufffdattached" and result.case.subject == "odd\ufffdsubject"
+    customer = await harness.read(lambda tx: tx.get_customer(result.customer_id))
+    assert customer.display_name == "An\ufffdna"
+
+
 async def test_message_needs_text_or_attachment(harness):
     with pytest.raises(InvalidInbound) as info:
         await harness.ingest(external_id="m1", sender=EMAIL, text="   ")

@@ -361,3 +361,20 @@ async def test_only_a_failed_outbound_can_be_retried(store):
     [claimed] = await store.write(lambda tx: tx.claim_due_outbound(T0 + timedelta(minutes=1),
                                                                    T0 + timedelta(minutes=3), 10))
     assert claimed.id == outbound_id
+
+
+async def test_text_and_json_with_a_nul_character_are_written(store):
+    """A NUL (U+0000) from an odd mail or an API client never fails a write: SQLite keeps it, PostgreSQL (whose
+    text and jsonb cannot hold it) stores U+FFFD; a literal backslash-u0000 in the text is left alone."""
+    async def unit(tx):
+        _, case_id = await _customer_and_case(tx)
+        await tx.insert_message(case_id=case_id, direction=Direction.NOTE, channel="api", account="backend",
+                                external_id=None, conversation=None, sender="anna", text="a\x00b \\u0000",
+                                meta={"k\x00": ["v\x00", {"n": "\x00"}], "literal": "\\u0000"}, at=T0)
+        return case_id
+
+    case_id = await store.write(unit)
+    [note] = await store.read(lambda tx: tx.messages_for_case(case_id))
+    nul = "\x00" if store.backend == "sqlite" else "\ufffd"
+    assert note.text == f"a{nul}b \\u0000"
+    assert note.meta == {f"k{nul}": [f"v{nul}", {"n": nul}], "literal": "\\u0000"}

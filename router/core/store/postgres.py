@@ -54,13 +54,13 @@ class PostgresTx(Tx):
         self._conn = conn
 
     async def execute(self, sql: str, *args: Any) -> None:
-        await self._conn.execute(sql, *args)
+        await self._conn.execute(sql, *_storable(args))
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
-        return await self._conn.fetch(sql, *args)
+        return await self._conn.fetch(sql, *_storable(args))
 
     async def fetchrow(self, sql: str, *args: Any) -> Any | None:
-        return await self._conn.fetchrow(sql, *args)
+        return await self._conn.fetchrow(sql, *_storable(args))
 
     async def next_case_number(self) -> int:
         return await self._conn.fetchval("SELECT nextval('case_number')")
@@ -80,8 +80,33 @@ class PostgresTx(Tx):
         return sorted((outbound_from_row(r) for r in rows), key=lambda o: o.id)
 
 
+# PostgreSQL's text and jsonb cannot hold U+0000, which a customer's odd mail or an API client may send: it is
+# stored as U+FFFD (the replacement character) instead of failing the write. (SQLite could keep it; the
+# dispatcher replaces it in inbound messages already, so that both stores read back the same.)
+def _storable(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    for value in args:
+        if type(value) is str and "\x00" in value:
+            return tuple(v.replace("\x00", "\ufffd") if type(v) is str else v for v in args)
+    return args
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+def _jsonb(value: Any) -> str:
+    text = json.dumps(value)
+    return json.dumps(_without_nul(value)) if "\\u0000" in text else text
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("jsonb", encoder=_jsonb, decoder=json.loads, schema="pg_catalog")
 
 
 class PostgresStore(Store):

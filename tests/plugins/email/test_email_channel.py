@@ -311,6 +311,56 @@ async def test_a_bounce_lands_in_the_case_and_marks_the_address_failing(harness_
     assert rows[-1]["status"] == "failed" and "marked failing" in rows[-1]["last_error"] and len(smtp.received) == 1
 
 
+def _report(original_id: str, final: str, action: str = "failed", status: str = "5.1.1") -> bytes:
+    return (sample("dsn_bounce.eml").replace(b"{ORIGINAL_ID}", original_id.encode())
+            .replace(b"bounce-1@", f"bounce-{uuid.uuid4().hex[:6]}@".encode())
+            .replace(b"Final-Recipient: rfc822; gone@example.org", f"Final-Recipient: rfc822; {final}".encode())
+            .replace(b"Action: failed", f"Action: {action}".encode())
+            .replace(b"Status: 5.1.1", f"Status: {status}".encode()))
+
+
+async def test_a_bounce_from_a_forwarding_address_lands_in_the_case_it_bounced_from(
+        harness_factory, dovecot, smtp, addresses):
+    user = addresses["posters"]
+    h, boxes = await started(harness_factory, email_config(dovecot, smtp.port, {"posters": user}))
+    dovecot.append(user, mail("Ada Lovelace <ada@company.example>", message_id="f1@example.org"))
+    await boxes["posters"].sync()
+    await h.sb.outbox.run_once()
+    [ack] = smtp.received
+    case = await case_of(h, "f1@example.org")
+    # ada@company.example forwards to a mailbox that no longer exists: the report names that one
+    dovecot.append(user, _report(ack.message["Message-ID"].strip("<>"), "ada.old@gmail.example"))
+    assert await boxes["posters"].sync() == {"bounce": 1}
+    messages = await h.read(lambda tx: tx.messages_for_case(case.id))
+    assert messages[-1].meta["details"]["bounce"]["recipients"] == ["ada.old@gmail.example"]
+    assert messages[-1].sender == "email:ada@company.example"
+    [row] = await h.read(lambda tx: tx.outbound_for_case(case.id))
+    assert row.status.value == "failed"
+    customer = await h.read(lambda tx: tx.get_customer(case.customer_id))
+    assert customer.display_name == "Ada Lovelace"  # not "Mail Delivery System"
+    assert await h.read(lambda tx: tx.fetchval("SELECT COUNT(*) FROM customers")) == 1
+
+
+@pytest.mark.parametrize("action, status", [("delayed", "4.4.7"), ("delivered", "2.0.0")])
+async def test_delay_and_success_notices_do_not_fail_the_mail(harness_factory, dovecot, smtp, addresses,
+                                                              action, status):
+    user = addresses["posters"]
+    h, boxes = await started(harness_factory, email_config(dovecot, smtp.port, {"posters": user}))
+    dovecot.append(user, mail("slow@example.org", message_id="d1@example.org"))
+    await boxes["posters"].sync()
+    await h.sb.outbox.run_once()
+    [ack] = smtp.received
+    case = await case_of(h, "d1@example.org")
+    dovecot.append(user, _report(ack.message["Message-ID"].strip("<>"), "slow@example.org", action, status))
+    await boxes["posters"].sync()
+    [row] = await h.read(lambda tx: tx.outbound_for_case(case.id))
+    assert row.status.value == "sent" and row.last_error is None
+    assert await h.read(lambda tx: tx.identity_failing(Identity(kind="email", value="slow@example.org"))) is None
+    messages = await h.read(lambda tx: tx.messages_for_case(case.id))
+    assert messages[-1].meta["details"]["bounce"]["action"] == action  # the notice is kept on the case
+    assert await h.read(lambda tx: tx.fetchval("SELECT COUNT(*) FROM cases")) == 1
+
+
 @pytest.mark.parametrize("code, status", [(550, "failed"), (451, "pending")])
 async def test_smtp_refusals_fail_or_retry_visibly(harness_factory, dovecot, smtp, addresses, code, status):
     user = addresses["posters"]

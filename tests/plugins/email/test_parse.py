@@ -2,6 +2,7 @@
 broken MIME) and samples of our own (replies in Russian and Italian, HTML-only mail, bounces)."""
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -208,3 +209,54 @@ def test_composed_mail_has_threading_headers_and_proper_mime():
     assert parsed.auto_generated  # should it ever come back in, it is not answered
     assert [(a.filename, a.content) for a in parsed.attachments] == [("счёт.pdf", b"%PDF-1.4")]
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998 and raw.isascii()
+
+
+def _plain(extra: bytes, body: bytes = b"hello") -> bytes:
+    return b"From: a@example.com\r\nTo: s@x.example\r\nSubject: hi\r\n" + extra + b"\r\n\r\n" + body
+
+
+@pytest.mark.parametrize("extra, check", [
+    ("Message-ID: <é1@x>".encode(), lambda p: p.message_id == "é1@x"),
+    ("Message-ID: <a@x>\r\nAuto-Submitted: nö".encode(), lambda p: p.auto_generated == "Auto-Submitted: nö"),
+    ("Message-ID: <r@x>\r\nReferences: <a@x> (ünï)".encode(), lambda p: p.references == ["a@x"]),
+    ("Message-ID: <r2@x>\r\nIn-Reply-To: <ü@x>".encode(), lambda p: p.references == ["ü@x"]),
+    ("Message-ID: <rp@x>\r\nReturn-Path: <ü@x>".encode(), lambda p: p.auto_generated is None),
+    (b"Message-ID: <d1@x>\r\nDate: Mon, 1 Jan 99999999999999999999 10:00:00 +0000", lambda p: p.sent_at is None),
+    (b"Message-ID: <c@x>\r\nContent-Type: text/plain; charset=\"a\x00b\"", lambda p: p.text == "hello"),
+])
+def test_raw_8bit_headers_odd_dates_and_charsets_are_read_not_quarantined(extra, check):
+    parsed = parse(_plain(extra))
+    assert check(parsed), parsed
+
+
+def test_a_bounce_naming_an_international_address_is_read():
+    raw = sample("dsn_bounce.eml").replace(b"Final-Recipient: rfc822; gone@example.org",
+                                           "Final-Recipient: utf-8; jörg@example.org".encode())
+    bounce = parse(raw).bounce
+    assert bounce.recipients == ["jörg@example.org"] and bounce.action == "failed" and bounce.permanent
+
+
+def test_a_long_paragraph_that_starts_like_a_quote_header_is_kept_whole_and_quickly():
+    # The reply parser's "On ... wrote:" pattern backtracks quadratically on such a line. The parse runs in a child
+    # process: a regex holds the GIL, so a thread could not be timed out. 20 s is a hang detector, not a timing
+    # target (the parser takes milliseconds; the old one about a minute).
+    script = """
+import sys
+from tests.plugins.email.test_parse import parse, _plain
+sentence = "On Monday I booked a tasker and nobody came, the payment was taken anyway. "
+paragraph = (sentence * 800).strip()  # ~60 KB on one line
+body = paragraph + "\\n\\nOn Mon, 23 Nov 2026 at 10:00, Taskly <support@taskly.example> wrote:\\n> Old text\\n"
+parsed = parse(_plain(b"Message-ID: <long@x>\\r\\nContent-Type: text/plain; charset=utf-8", body.encode()))
+assert parsed.text == paragraph and "Old text" in parsed.full_text, parsed.text[-200:]
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20,
+                          cwd=Path(__file__).parents[3])
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_a_reply_with_long_lines_is_split_below_them():
+    long_line = "x" * 600
+    text = f"Thanks, see the log:\n{long_line}\nBye\n\nOn Mon, 23 Nov 2026, Anna <a@b.example> wrote:\n> old\n"
+    parsed = parse(_plain(b"Message-ID: <ll@x>", text.encode()))
+    assert parsed.text == f"Thanks, see the log:\n{long_line}\nBye"
