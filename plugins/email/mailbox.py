@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import random
 import time
@@ -419,8 +420,11 @@ class Mailbox:
         return "bounce" if bounce else result.outcome.value
 
     async def _quarantine(self, uid: int, uidvalidity: int, raw: bytes, reason: str, **meta: Any) -> None:
+        # Keyed by content, not by UID: after a UIDVALIDITY change (the folder rebuilt) or a second delivery of
+        # the same bytes, the mail is fetched again under another UID and must stay one entry.
         await self.sb.quarantine.hold(
-            channel=CHANNEL, account=self.config.address, source_key=f"{self.config.name}/{uidvalidity}/{uid}",
+            channel=CHANNEL, account=self.config.address,
+            source_key=f"{self.config.name}/sha256:{hashlib.sha256(raw).hexdigest()}",
             reason=reason[:1000], raw=raw,
             meta={"mailbox": self.config.name, **meta, **self._source(uid, uidvalidity)},
         )

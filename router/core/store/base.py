@@ -551,12 +551,15 @@ class Tx(abc.ABC):
 
     async def count_outbound_since(self, channel: str, recipient: str, kinds: Sequence[str], since: datetime,
                                    before_id: int) -> int:
-        """How many messages of these kinds went to `recipient` since `since`: sent ones, and ones older than
-        `before_id` still being sent (so that a batch delivered at once counts its own earlier members)."""
+        """How many messages of these kinds went to `recipient` since `since`, by when they went (not when they
+        were queued: mail held up by an outage does not all go at once when it ends): sent ones, ones that left
+        and failed later (a bounce: they have a provider id), and ones older than `before_id` still being sent
+        (so that a batch delivered at once counts its own earlier members)."""
         marks = ", ".join(f"${i}" for i in range(5, 5 + len(kinds)))
         return await self.fetchval(
-            f"SELECT COUNT(*) FROM outbox WHERE channel = $1 AND recipient_value = $2 AND created_at >= $3 "
-            f"AND kind IN ({marks}) AND (status IN ('sent', 'delivered') OR (status = 'sending' AND id < $4))",
+            f"SELECT COUNT(*) FROM outbox WHERE channel = $1 AND recipient_value = $2 AND kind IN ({marks}) AND ("
+            "(updated_at >= $3 AND (status IN ('sent', 'delivered') OR (status = 'failed' AND provider_id IS NOT NULL)))"
+            " OR (status = 'sending' AND id < $4))",
             channel, recipient, since, before_id, *kinds,
         )
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import uuid
+from datetime import timedelta
 
 import pytest
 
@@ -223,6 +224,35 @@ async def test_refetching_after_a_crash_or_a_uidvalidity_change_duplicates_nothi
     assert all(b"\\Seen" not in f for f in flags(dovecot, user).values())  # after_ingest: leave
 
 
+async def test_a_rebuilt_folder_keeps_one_quarantine_entry_per_mail(harness_factory, dovecot, smtp, addresses):
+    user = addresses["posters"]
+    client = dovecot.client(user)
+    client.create_folder("Support")
+    client.logout()
+    mails = [b"garbage without headers\r\n\r\nxx", mail(message_id="big@example.com", body="y" * 10_000),
+             mail(message_id="ok@example.com")]
+    dovecot.append(user, *mails, folder="Support")
+    h, boxes = await started(harness_factory, email_config(
+        dovecot, smtp.port, {"posters": user}, limits={"max_message_bytes": 4096},
+        posters_options={"imap": {**dovecot.imap_settings(user), "folder": "Support"}}))
+    box = boxes["posters"]
+    first = await box.sync()
+    assert first == {"quarantined": 1, "too_large": 1, "created": 1}, first
+    before = box.status.uidvalidity
+    await asyncio.sleep(1.1)  # Dovecot derives UIDVALIDITY from the clock: the rebuilt folder gets a new one
+    client = dovecot.client(user)
+    client.select_folder("INBOX")
+    client.delete_folder("Support")
+    client.create_folder("Support")
+    client.logout()
+    dovecot.append(user, *mails, folder="Support")  # the server rebuilt the folder: same mails, new UIDs
+    second = await box.sync()
+    assert box.status.uidvalidity != before and second.get("duplicate") == 1, second
+    items = await h.read(lambda tx: tx.list_quarantine())
+    assert len(items) == 2 and sorted(i["reason"][:9] for i in items) == ["Unparseab", "message o"]
+    assert await h.read(lambda tx: tx.fetchval("SELECT COUNT(*) FROM messages WHERE direction = 'in'")) == 1
+
+
 async def test_oversized_mail_is_left_on_the_server_and_shown_in_the_quarantine(harness_factory, dovecot, smtp,
                                                                                 addresses):
     user = addresses["posters"]
@@ -281,6 +311,30 @@ async def test_machine_mail_gets_no_acknowledgement_and_automatic_mail_is_rate_l
     assert [r["status"] for r in rows] == ["sent", "sent", "failed"]
     assert "2 automatic mails went to loop@example.com in the last 1h" in rows[2]["last_error"]
     assert len(smtp.received) == 2
+
+
+async def test_automatic_mail_held_up_by_an_outage_counts_when_it_went_out(
+        harness_factory, dovecot, smtp, addresses):
+    user = addresses["posters"]
+    h, boxes = await started(harness_factory, email_config(
+        dovecot, smtp.port, {"posters": user}, auto_mail_limit={"count": 2, "per": "1h"}))
+    smtp.refuse["loop@example.com"] = (451, "4.3.0 mailbox busy")  # the outage: every attempt is retried
+    dovecot.append(user, *(mail("loop@example.com", f"Problem {i}") for i in range(2)))
+    await boxes["posters"].sync()
+    await h.sb.outbox.run_once()
+    held = await h.read(lambda tx: tx.fetch("SELECT status FROM outbox ORDER BY id"))
+    assert [r["status"] for r in held] == ["pending"] * 2
+    h.clock.advance(timedelta(hours=2))  # longer than the limit's window: queued 2 h ago, sent only now
+    del smtp.refuse["loop@example.com"]
+    await h.sb.outbox.run_once()
+    assert len(smtp.received) == 2
+    h.clock.advance(timedelta(minutes=1))
+    dovecot.append(user, mail("loop@example.com", "Problem 3"))  # a third within the hour: held back
+    await boxes["posters"].sync()
+    await h.sb.outbox.run_once()
+    rows = await h.read(lambda tx: tx.fetch("SELECT status, last_error FROM outbox ORDER BY id"))
+    assert [r["status"] for r in rows] == ["sent", "sent", "failed"] and len(smtp.received) == 2
+    assert "2 automatic mails went to loop@example.com in the last 1h" in rows[2]["last_error"]
 
 
 async def test_a_bounce_lands_in_the_case_and_marks_the_address_failing(harness_factory, dovecot, smtp, addresses):
