@@ -37,7 +37,7 @@ from router.core.requirements import Widening, agent_skills, next_tier, requirem
 from router.core.sla import FIRST_RESPONSE, NEXT_RESPONSE, RESOLUTION, SlaClocks, targets_for
 from router.core.store.base import StoreUnavailable
 from router.core.tasks import cancel_and_wait
-from router.core.workforce import ONLINE, PRESENCES, AgentState, Requirement, Selection, Workforce
+from router.core.workforce import ONLINE, PRESENCES, AgentState, Requirement, Selection, Workforce, satisfies
 from router.routing_config import AgentConfig, BreachAction
 from router.stash import StashKey
 
@@ -192,10 +192,19 @@ class Assigner:
                 self._add_load(item.offer.agent_id, case.channel, +1)
             elif case.status in HELD_STATUSES and item.agent_id:
                 self._add_load(item.agent_id, case.channel, +1)
+        # Agents taken out of agents.yaml while the server was down: what they were offered or held goes back to
+        # the queue, as remove_agent does at run time (else the case would wait on someone who no longer exists).
+        for agent_id in sorted({o.agent_id for o in self.offers.values()} - set(self.definitions)):
+            await self._rescind_offers(agent_id, "agent removed", actor=ACTOR)
+        for item in [w for w in self.cases.values() if w.agent_id is not None and w.offer is None
+                     and w.case.status in HELD_STATUSES and w.agent_id not in self.definitions]:
+            await self._requeue(item, "case.requeued", {"reason": "agent removed", "agent": item.agent_id},
+                                actor=ACTOR)
         for case_id in fresh:
             await self._take_in(case_id)
         for item in resumed:
-            await self._persist(item, [])
+            if item.case.id in self.cases and self.cases[item.case.id] is item:
+                await self._persist(item, [])
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="assigner")
@@ -292,6 +301,7 @@ class Assigner:
                 work.sla.resume(now)
                 changed = True
         if event.type == "message.received" and event.data.get("outcome") == "appended" and work.sla \
+                and not event.data.get("auto_generated") and work.case.status != CaseStatus.WAITING_CUSTOMER \
                 and work.sla.stopped(FIRST_RESPONSE):
             changed |= work.sla.start(NEXT_RESPONSE, self._targets(work.case).get(NEXT_RESPONSE), now)
         if changed:  # a follow-up while the clocks already run changes nothing worth a write
@@ -396,14 +406,20 @@ class Assigner:
         async with self._lock:
             now = self.sb.clock.now()
 
+            current = self.workforce.get(definition.id)
+            presence = current.presence if current else "offline"
+
             async def unit(tx):
                 await tx.upsert_agent(definition.id, definition.model_dump(mode="json"), "api", now)
+                # The stored presence follows: an agent removed while online and defined again is offline, and
+                # stays so after a restart.
+                await tx.set_agent_presence(definition.id, presence, now)
                 return await tx.append_events([(None, "agent.changed", {"agent": definition.id, "by": by})], by, now)
 
             events = await self.sb.store.write(unit)
-            current = self.workforce.get(definition.id)
-            self._index_agent(definition, "api", presence=current.presence if current else "offline",
-                              last_assigned_at=None, now=now)
+            self._index_agent(definition, "api", presence=presence, last_assigned_at=None, now=now)
+            if current is not None:  # offers the new definition no longer qualifies for go back to the queue
+                await self._rescind_unqualified(definition.id, by)
             self._touch()
             await self.sb.after_write(events)
             await self._drain()
@@ -497,6 +513,8 @@ class Assigner:
             raise AssignmentError(409, "conflict", f"offer {offer_id} is not pending (taken, declined or expired)")
         if offer.agent_id != agent_id:
             raise AssignmentError(403, "forbidden", f"offer {offer_id} was made to another agent")
+        if self.sb.clock.now() >= offer.expires_at:  # expired; the next tick takes it back and offers it again
+            raise AssignmentError(409, "conflict", f"offer {offer_id} expired at {offer.expires_at.isoformat()}")
         return offer
 
     async def _close_offer(self, offer: Offer, status: str, reason: str, *, actor: str) -> None:
@@ -525,6 +543,13 @@ class Assigner:
         work.case = dataclasses.replace(work.case, status=CaseStatus.QUEUED, updated_at=now)
         self._add_load(offer.agent_id, work.case.channel, -1)
         await self.sb.after_write(events)
+
+    async def _rescind_unqualified(self, agent_id: str, actor: str) -> None:
+        """After an agent's definition changed: offers whose requirement their skills no longer meet go back."""
+        agent = self.workforce.get(agent_id)
+        for offer in [o for o in self.offers.values() if o.agent_id == agent_id]:
+            if agent is None or not satisfies(agent.skills, self.requirement(self.cases[offer.case_id])):
+                await self._close_offer(offer, "rescinded", "the agent's skills changed", actor=actor)
 
     async def _rescind_offers(self, agent_id: str, reason: str, *, actor: str) -> None:
         for offer in [o for o in self.offers.values() if o.agent_id == agent_id]:
@@ -827,6 +852,7 @@ class Assigner:
                 raise AssignmentError(403, "forbidden", f"{work.case.ref} is offered to another agent")
             check_transition(work.case.status, status)
             now = self.sb.clock.now()
+            sla_before = work.sla.as_dict() if work.sla else None
             data = self._stop_clocks(work, (RESOLUTION,), by=by, now=now)
             if work.sla:
                 for name in list(work.sla.clocks):  # the response clocks end with the case, unrecorded
@@ -848,7 +874,12 @@ class Assigner:
                 await tx.put_case_work(work.case.id, work.agent_id, work.queued_at, finished_state, now)
                 return await tx.append_events(data, by, now)
 
-            events = await self.sb.store.write(unit)
+            try:
+                events = await self.sb.store.write(unit)
+            except BaseException:
+                if work.sla is not None and sla_before is not None:
+                    work.sla = work.sla.copy(sla_before)  # not written: the case is open, its clocks still run
+                raise
             self._release(work)
             if offer is not None:
                 self.offers.pop(offer.id, None)
@@ -994,7 +1025,7 @@ class Assigner:
 
     async def merge(self, ref: str, into: str, *, by: str) -> Case:
         """Merge one case of a customer into another of theirs: its messages move there and it is closed.
-        Both must belong to the same customer; the target must not be closed."""
+        Both must belong to the same customer; the target must not be closed, nor resolved when the source is open."""
         if ref == into:
             raise AssignmentError(400, "bad_request", "a case cannot be merged into itself")
         async with self._lock:
@@ -1015,6 +1046,9 @@ class Assigner:
                 if source.customer_id != target.customer_id:
                     raise AssignmentError(409, "conflict", f"{ref} and {into} belong to different customers; "
                                                            "link them instead")
+                if source.is_open and not target.is_open:  # its unanswered messages would wait in a resolved case
+                    raise AssignmentError(409, "conflict", f"{into} is {target.status.value} and {ref} is open; "
+                                                           f"reopen {into} first, or merge it into {ref}")
                 work = self.cases.get(source.id)
                 offer = work.offer if work is not None else None
                 if offer is not None:
@@ -1046,11 +1080,12 @@ class Assigner:
 
     async def escalate(self, work: CaseWork, *, by: str, reason: str) -> None:
         """Manual escalation: the next tier, one step more urgent, back to the queue."""
-        above = next_tier(work.case.tier, self.config.tiers)
-        if above is None:
-            raise AssignmentError(409, "conflict", f"{work.case.ref} is already at the top tier ({work.case.tier})")
         async with self._lock:
             self._live(work)
+            # Read under the lock: a transfer or another escalation may have moved the case meanwhile.
+            above = next_tier(work.case.tier, self.config.tiers)
+            if above is None:
+                raise AssignmentError(409, "conflict", f"{work.case.ref} is already at the top tier ({work.case.tier})")
             changes = {"tier": above, "priority": max(1, work.case.priority - 1)}
             await self._requeue(work, "case.escalated",
                                 {"from": {"tier": work.case.tier, "priority": work.case.priority}, "to": changes,
@@ -1166,6 +1201,9 @@ class Assigner:
             # Not recorded: the warning or breach must be raised again by the next tick, not forgotten.
             work.sla = work.sla.copy(snapshot)
             raise
+        if changes:
+            work.explained = None
+            self._touch(work.case.id)  # a queued case now needs another tier's agents: look for them now
 
     async def _persist(self, work: CaseWork, rows: list[tuple[int, str, dict[str, Any]]], *,
                        case_changes: dict[str, Any] | None = None, actor: str = ACTOR) -> None:

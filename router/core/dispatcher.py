@@ -396,10 +396,11 @@ class Dispatcher:
                 inline=attachment.inline,
                 content=content,
             )
-        work.event(case.id, "message.received",
-            {"message_id": message_id, "channel": message.channel, "external_id": message.external_id,
-             "sender": str(message.sender), "outcome": outcome.value},
-        )
+        data = {"message_id": message_id, "channel": message.channel, "external_id": message.external_id,
+                "sender": str(message.sender), "outcome": outcome.value}
+        if message.auto_generated:
+            data["auto_generated"] = True  # not the customer writing: no response is owed (decision 41)
+        work.event(case.id, "message.received", data)
         return message_id
 
     async def _acknowledge(

@@ -277,7 +277,18 @@ async def test_failing_identities_and_automatic_mail_counts(store):
         lambda tx: tx.count_outbound_since("email", "ada@x", ["ack"], since, before))
     assert await count(ids[1]) == 1  # the sent one
     assert await count(ids[1] + 1) == 2  # and the one being sent before it
-    assert await count(ids[1] + 1, T0 + timedelta(seconds=1)) == 0
+    assert await count(ids[1] + 1, T0 + timedelta(seconds=1)) == 1  # sent before the window; in flight now
+    # a mail counts from when it went out, and still counts when it bounced afterwards (it has a provider id)
+    later = T0 + timedelta(hours=2)
+
+    async def went_out_late(tx):
+        await tx.finish_outbound(ids[0], status=OutboundStatus.FAILED, attempts=2, next_attempt_at=later,
+                                 last_error="bounced: 5.1.1", provider_id="m1@x", at=later)
+        await tx.finish_outbound(ids[1], status=OutboundStatus.FAILED, attempts=1, next_attempt_at=later,
+                                 last_error="refused", provider_id=None, at=later)
+
+    await store.write(went_out_late)
+    assert await count(ids[1], later) == 1 and await count(ids[2] + 1, later) == 1  # refused: it never left
     assert await store.write(lambda tx: tx.mark_identity_failing(ada, "550 user unknown", T0)) is True
     assert await store.read(lambda tx: tx.identity_failing(ada)) == "550 user unknown"
     await store.write(lambda tx: tx.mark_identity_failing(ada, None, T0))
