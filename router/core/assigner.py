@@ -181,10 +181,16 @@ class Assigner:
                 fresh.append(case.id)
                 continue
             item = self._case_work(case, work["queued_at"], work["agent_id"], work["state"])
+            wrote = min(case.last_inbound_at, now) if case.last_inbound_at else now
             if case.status == CaseStatus.ASSIGNED and item.sla is not None and any(
                     c["paused_since"] and not c["stopped"] for c in item.sla.clocks.values()):
-                item.sla.resume(now)  # the customer replied while the process was down
+                item.sla.resume(wrote)  # the customer replied while the process was down: from when they wrote
                 resumed.append(item)
+            if case.status == CaseStatus.ASSIGNED and item.sla is not None and self._unanswered(item, wrote):
+                # A customer message stored just before the process stopped, before this assigner saw it.
+                item.sla.start(NEXT_RESPONSE, self._targets(case).get(NEXT_RESPONSE), wrote)
+                if item not in resumed:
+                    resumed.append(item)
             item.offer = by_case.get(case.id)
             self.cases[case.id] = item
             if item.offer is not None:
@@ -205,6 +211,16 @@ class Assigner:
         for item in resumed:
             if item.case.id in self.cases and self.cases[item.case.id] is item:
                 await self._persist(item, [])
+
+    @staticmethod
+    def _unanswered(work: CaseWork, wrote: datetime) -> bool:
+        """Whether the customer wrote after the last answer while no response clock runs for it."""
+        clocks = work.sla.clocks if work.sla else {}
+        if not work.sla.stopped(FIRST_RESPONSE) or (NEXT_RESPONSE in clocks and clocks[NEXT_RESPONSE]["stopped"] is None):
+            return False
+        answered = max(datetime.fromisoformat(c["stopped"]) for name, c in clocks.items()
+                       if name in (FIRST_RESPONSE, NEXT_RESPONSE) and c["stopped"])
+        return wrote > answered
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="assigner")
@@ -333,12 +349,15 @@ class Assigner:
             sla = self._sla_for(case, previous=before["state"].get("sla") if before else None)
             targets = self._targets(case)
             answered = sla.stopped(FIRST_RESPONSE)
+            # From when the customer wrote: the same instant in normal running, the right one when this is
+            # done at start-up for a case routed just before the process stopped.
+            since = min(case.last_inbound_at, now) if case.last_inbound_at else now
             # A reopened case that was answered before waits for the next response, not a first one.
             sla.start(NEXT_RESPONSE if answered else FIRST_RESPONSE,
-                      targets.get(NEXT_RESPONSE if answered else FIRST_RESPONSE), now)
-            sla.start(RESOLUTION, targets.get(RESOLUTION), now)
-            work = CaseWork(case=case, queued_at=now, sla=sla)
-            await tx.put_case_work(case.id, None, now, work.state(), now)
+                      targets.get(NEXT_RESPONSE if answered else FIRST_RESPONSE), since)
+            sla.start(RESOLUTION, targets.get(RESOLUTION), since)
+            work = CaseWork(case=case, queued_at=since, sla=sla)
+            await tx.put_case_work(case.id, None, work.queued_at, work.state(), now)
             due = {name: sla.clocks[name]["due"] for name in sla.clocks if sla.clocks[name]["stopped"] is None}
             events = await tx.append_events(
                 [(case.id, "assignment.queued", {"queue_order": self._order_name(), "sla_policy": sla.policy,

@@ -157,7 +157,8 @@ class SlaClocks:
 
     def _resume(self, clock: dict[str, Any], now: datetime) -> None:
         if clock["paused_since"] is not None:
-            paused = self.calendar.between(datetime.fromisoformat(clock["paused_since"]), now)
+            since = datetime.fromisoformat(clock["paused_since"])
+            paused = self.calendar.between(since, max(since, now))
             clock["paused"] += paused.total_seconds()
             clock["paused_since"] = None
 

@@ -159,3 +159,54 @@ async def test_an_open_case_is_not_merged_into_a_resolved_one(floor_factory):  #
     assert await floor.status(second) is not CaseStatus.CLOSED
     target = await floor.assigner.merge(first, second, by="sup")  # the other way round is fine
     assert target.ref == second and await floor.status(first) is CaseStatus.CLOSED
+
+
+# -- restarts: what was stored just before a crash is timed from when it happened ----------------------------------
+async def _stored_then_crashed(floor: Floor, **message):
+    """The dispatcher's durable write of a message, then the process dies before anything hears of it (the
+    assigner is told only after the commit)."""
+    from router.core.model import InboundMessage
+
+    sb = floor.sb
+    inbound = sb.dispatcher.normalise(InboundMessage.model_validate(
+        {"channel": "api", "account": "backend", "language": "en", **message}))
+    result = await sb.store.write(lambda tx: sb.dispatcher._ingest(tx, inbound))
+    await sb.stop()
+    return result
+
+
+async def _restarted(harness_factory, floor: Floor) -> Floor:
+    return Floor(await harness_factory(floor.sb.config, clock=floor.clock))
+
+
+async def test_a_case_routed_just_before_a_crash_is_timed_from_its_message(floor_factory, harness_factory):  # noqa: F811
+    floor = await floor_factory([agent("anna")])
+    written = floor.clock.now()
+    result = await _stored_then_crashed(floor, external_id="x1", text="help",
+                                        sender={"kind": "email", "value": "z@example.com"})
+    floor.clock.advance(timedelta(hours=2))
+    again = await _restarted(harness_factory, floor)
+    work = again.assigner.work_for(result.case.ref)
+    assert work.queued_at == written and work.sla.due("first_response") == written + timedelta(minutes=10)
+    await again.advance(seconds=1)
+    assert "first_response" in [e.data["clock"] for e in await again.events(result.case.ref, "sla.breached")]
+
+
+@pytest.mark.parametrize("waiting", [True, False], ids=["reply-to-a-waiting-case", "follow-up-after-an-answer"])
+async def test_a_customer_message_stored_just_before_a_crash_is_timed_from_when_it_came(
+        floor_factory, harness_factory, waiting):  # noqa: F811
+    floor = await floor_factory([agent("anna")])
+    await floor.online("anna")
+    sender = {"kind": "email", "value": "w@example.com"}
+    ref = await floor.message(sender=sender)
+    await floor.accept(ref)
+    await floor.assigner.reply(floor.assigner.work_for(ref), "anna", "Which order?", waiting_customer=waiting)
+    floor.clock.advance(timedelta(minutes=1))
+    wrote = floor.clock.now()
+    await _stored_then_crashed(floor, external_id="late", text="Order 42, still broken", sender=sender,
+                               thread={"case_ref": ref})
+    floor.clock.advance(timedelta(hours=1))
+    again = await _restarted(harness_factory, floor)
+    assert again.assigner.work_for(ref).sla.due("next_response") == wrote + timedelta(minutes=10)
+    await again.advance(seconds=1)
+    assert "next_response" in [e.data["clock"] for e in await again.events(ref, "sla.breached")]
