@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 import pluggy
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from router.config import Config, IntegrationConfig
+from router.config import Config, ConfigError, IntegrationConfig
 from router.core.accounts import Accounts, Principal
 from router.core.clock import Clock, ManualClock
 from router.core.dispatcher import Dispatcher
@@ -49,6 +49,11 @@ class Switchboard:
         self.clock = clock or Clock()
         self.pm = plugin_manager or build_plugin_manager(config.blocked_plugins)
         self.hooks = Hooks(self.pm)
+        installed = {name for name, _ in self.pm.list_name_plugin()}  # blocked ones too: their settings may stay
+        unknown = sorted(set(config.plugins) - installed)
+        if unknown:
+            raise ConfigError([f"{config.source_of('plugins')}: plugins.{name}: no plugin named {name!r} is "
+                               f"installed (a typo?); installed: {', '.join(sorted(installed))}" for name in unknown])
         self.hooks.configure(config=config)
         self.channels = self.hooks.register_channels(config=config)
         self.store = store or make_store(config, self.data_dir)

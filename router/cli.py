@@ -5,12 +5,15 @@ import argparse
 import gc
 import logging
 import os
+import re
+import sqlite3
 import sys
 from pathlib import Path
 
 from router import __version__
 from router.channels import StartupError
-from router.config import ConfigError, load_config
+from router.config import ConfigError, defaulted_secrets, load_config, unknown_channels
+from router.core.store.base import StoreUnavailable
 
 DEFAULT_CONFIG = os.environ.get("SWITCHBOARD_CONFIG", "config")
 DEFAULT_DATA = os.environ.get("SWITCHBOARD_DATA", "data")
@@ -38,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     ))
     run.add_argument("--data", "-d", default=DEFAULT_DATA, metavar="DIR", help="where the embedded database lives")
     run.add_argument("--host", help="listen address (default: server.host in the config)")
-    run.add_argument("--port", type=int, help="listen port (default: server.port in the config)")
+    run.add_argument("--port", type=_port, help="listen port (default: server.port in the config)")
     run.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
                      help="default: $SWITCHBOARD_LOG or INFO")
 
@@ -122,6 +125,12 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"integrations: {', '.join(i.name for i in config.integrations) or 'none'}")
     print(f"  lines: {len(config.lines)}, teams: {len(config.teams)}, rules: {len(config.routing.rules)}, "
           f"agents: {len(config.agents)}; routing tests: {count} passed")
+    for env in defaulted_secrets(config):
+        print(f"  warning: ${env} is not set: its default in the configuration will be used")
+    for name, places in unknown_channels(config, set(sb.channels.names())).items():
+        more = f" and {len(places) - 1} more" if len(places) > 1 else ""
+        print(f"  warning: channel {name!r} is named but not loaded (a typo, or its plugin is not installed): "
+              f"{places[0]}{more}")
     return 0
 
 
@@ -248,6 +257,14 @@ def cmd_accounts(args: argparse.Namespace) -> int:
         if args.action == "add":
             if row is not None:
                 raise acc.AccountError(409, "conflict", f"account {args.id!r} exists; use passwd to change its password")
+            problems = [f"no line {name!r} (lines: {', '.join(config.lines)})" for name in args.line or ()
+                        if name not in config.lines]
+            problems += [f"no team {name!r} (teams: {', '.join(config.teams)})" for name in args.team or ()
+                         if name not in config.teams]
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_.@-]*", args.id) or len(args.id) > 128:
+                problems.append(f"{args.id!r} is not an account id: lower-case letters, digits and _ . @ -")
+            if problems:
+                raise acc.AccountError(400, "bad_request", "; ".join(problems))
             agent = args.agent or (args.id if args.role == "agent" else None)
             if agent is not None and agent not in {a.id for a in config.agents} and agent not in {
                     r["id"] for r in await store.read(lambda tx: tx.agents())}:
@@ -314,12 +331,22 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                                      headers={"Authorization": f"Bearer {args.token}"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            body = json.loads(response.read())
-            status = response.status
+            raw, status = response.read(), response.status
     except urllib.error.HTTPError as exc:
-        body, status = json.loads(exc.read() or b"{}"), exc.code
+        raw, status = exc.read(), exc.code
     except (urllib.error.URLError, OSError) as exc:
         print(f"cannot reach Switchboard at {server}: {exc}; is it running (switchboard run)?", file=sys.stderr)
+        return 1
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        print(f"{server} answered {status} with something that is not Switchboard's JSON: {raw[:200]!r}",
+              file=sys.stderr)
+        return 1
+    if not isinstance(body, dict):
+        body = {"detail": body}
+    if args.action == "list" and status != 200:
+        print(f"{status}: {body.get('detail') or body}", file=sys.stderr)
         return 1
     if args.action == "list":
         items = body.get("quarantine", [])
@@ -394,6 +421,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if config.accounts:
             print(f"  console: http://{host}:{port}/console ({len(config.accounts)} accounts in the configuration; "
                   "switchboard accounts list shows all)", flush=True)
+        for env in defaulted_secrets(config):
+            print(f"  warning: ${env} is not set: the configuration's default is in use (fine for a demo, "
+                  "not for production)", flush=True)
+        missing = list(unknown_channels(config, set(sb.channels.names())))
+        if missing:
+            print(f"  note: the configuration names channels that are not loaded: {', '.join(missing)} "
+                  "(switchboard check says where)", flush=True)
         print("  POST /api/v1/messages to open a case; Ctrl+C to stop", flush=True)
 
     app = create_app(sb)
@@ -401,6 +435,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     web.run_app(app, host=host, port=port, print=banner, access_log=None,
                 handle_signals=True, shutdown_timeout=10)
     return 0
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -420,6 +460,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except StartupError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    except StoreUnavailable as exc:
+        print(f"the store is unavailable: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.DatabaseError as exc:
+        print(f"the SQLite database cannot be used: {exc} (is it a Switchboard database, and intact?)",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:  # a port in use, an unknown host, a folder that cannot be written...
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
 
 

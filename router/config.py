@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from router.config_base import MAIN_FILE, ConfigError, Duration, Model, Secret, parse_duration
 from router.routing_config import (
@@ -34,6 +34,15 @@ class InstanceConfig(Model):
     default_language: str = "en"
     languages: list[str] = Field(default_factory=lambda: ["en", "it", "ru", "uz"], min_length=1)
     roles: list[str] = Field(default_factory=lambda: ["poster", "tasker", "courier", "partner"], min_length=1)
+
+    @field_validator("default_region")
+    @classmethod
+    def _known_region(cls, region: str) -> str:
+        import phonenumbers
+
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{region!r} is not a country code phone numbers know (ISO 3166, e.g. IT, US, UZ)")
+        return region
 
     @model_validator(mode="after")
     def _default_language_known(self) -> "InstanceConfig":
@@ -102,6 +111,18 @@ DEFAULT_TEMPLATES: dict[str, dict[str, str]] = {
 }
 
 
+def _check_placeholders(texts: dict[str, str], allowed: frozenset[str] | set[str], prefix: str = "") -> None:
+    """Each text must format with exactly these placeholders (checked here, not when a customer is written to)."""
+    for language, text in texts.items():
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"{prefix}{language}: {exc}; write literal braces as {{{{ and }}}}") from None
+        unknown = sorted(set(fields) - set(allowed))
+        if unknown:
+            raise ValueError(f"{prefix}{language}: unknown placeholder(s) {unknown}; use {sorted(allowed)}")
+
+
 def _merge_templates(value: Any) -> Any:
     """Operators override single texts; every other kind and language keeps its built-in text."""
     if not isinstance(value, dict):
@@ -125,16 +146,7 @@ class AcknowledgementConfig(Model):
     @classmethod
     def _known_fields(cls, templates: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
         for kind, by_language in templates.items():
-            for language, text in by_language.items():
-                try:
-                    fields = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
-                except ValueError as exc:
-                    raise ValueError(f"{kind}.{language}: {exc}; write literal braces as {{{{ and }}}}") from None
-                unknown = sorted(set(fields) - TEMPLATE_FIELDS)
-                if unknown:
-                    raise ValueError(
-                        f"{kind}.{language}: unknown placeholder(s) {unknown}; use {sorted(TEMPLATE_FIELDS)}"
-                    )
+            _check_placeholders(by_language, TEMPLATE_FIELDS, prefix=f"{kind}.")
         return templates
 
 
@@ -178,6 +190,13 @@ class AccountConfig(Model):
     password: Secret | None = Field(default=None, description="set at start-up (hashed); or use password_hash")
     password_hash: str | None = Field(default=None, pattern=r"^\$argon2", description="an argon2 hash")
 
+    @field_validator("password")
+    @classmethod
+    def _long_enough(cls, password: Secret | None) -> Secret | None:
+        if password is not None and len(password.get()) < 8:  # as the server would refuse it at start-up
+            raise ValueError(f"the password from ${password.env} has fewer than 8 characters")
+        return password
+
 
 class ConsoleConfig(Model):
     session_ttl: Duration = timedelta(hours=12)
@@ -195,9 +214,18 @@ CSAT_TEMPLATES = {
 }
 
 
+CSAT_FIELDS = frozenset({"ref"})
+
+
 class CsatLineConfig(Model):
     enabled: bool | None = None
     templates: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("templates")
+    @classmethod
+    def _known_fields(cls, templates: dict[str, str]) -> dict[str, str]:
+        _check_placeholders(templates, CSAT_FIELDS)
+        return templates
 
 
 class CsatConfig(Model):
@@ -214,9 +242,7 @@ class CsatConfig(Model):
     @field_validator("templates")
     @classmethod
     def _merge(cls, templates: dict[str, str]) -> dict[str, str]:
-        for language, text in templates.items():
-            if "{ref}" not in text and "{" in text:
-                raise ValueError(f"{language}: the only placeholder is {{ref}}")
+        _check_placeholders(templates, CSAT_FIELDS)
         return {**CSAT_TEMPLATES, **templates}
 
     def text_for(self, line: str | None, language: str | None, default_language: str) -> str | None:
@@ -266,6 +292,14 @@ class Config(Model):
     def source_of(self, key: str) -> str:
         return self._sources.get(key, MAIN_FILE)
 
+    @field_validator("tiers")
+    @classmethod
+    def _unique_tiers(cls, tiers: list[str]) -> list[str]:
+        repeated = sorted({t for t in tiers if tiers.count(t) > 1})
+        if repeated:  # the tier above L2 would be found by position and could be L1 again
+            raise ValueError(f"tiers are listed once each, lowest first; repeated: {repeated}")
+        return tiers
+
     @field_validator("integrations")
     @classmethod
     def _unique_integrations(cls, integrations: list[IntegrationConfig]) -> list[IntegrationConfig]:
@@ -303,15 +337,46 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as the safe loader reads it, except that a key written twice in one mapping is an error (the safe
+    loader keeps the last one silently: a second `server:` would replace the first without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:
+                continue  # an unhashable key: construct_mapping reports it
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is written twice (first on line {first.line + 1}); keep one",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping)
+
+
+def read_yaml_text(text: str) -> Any:
+    """Parse YAML as configuration files are parsed (duplicate keys refused)."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml_text(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError([f"{path.name}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path.name}: not UTF-8 text ({exc.reason})"]) from None
+    except ValueError as exc:  # a value YAML reads but Python cannot hold, such as the date 2026-02-30
+        raise ConfigError([f"{path.name}: a value cannot be read: {exc} (dates are YYYY-MM-DD)"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path.name}: cannot be read: {exc.strerror or exc}"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -329,6 +394,8 @@ def load_config(directory: str | os.PathLike[str]) -> Config:
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     problems: list[str] = []
+    for path in sorted(root.glob("*.yml")):
+        problems.append(f"{path.name}: Switchboard reads *.yaml files only; rename it to {path.stem}.yaml")
     # The main file first, so that a key repeated elsewhere is reported against the other file.
     for path in sorted(root.glob("*.yaml"), key=lambda p: (p.name != MAIN_FILE, p.name)):
         try:
@@ -382,9 +449,58 @@ def plugin_settings(config: Config, name: str, model: type[M]) -> M:
         for error in exc.errors():
             message = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
-                message = f"unknown key (a typo?); see docs/configuration.md#{name}"
+                message = f"unknown key (a typo?); see docs/configuration.md, section plugins.{name}"
             problems.append(f"{file}: {_format_loc(('plugins', name, *error['loc']))}: {message}")
         raise ConfigError(problems) from None
+
+
+def unknown_channels(config: Config, channels: set[str]) -> dict[str, list[str]]:
+    """Channels the configuration names that no loaded plugin provides (a typo, or a plugin not installed): a
+    rule on one never matches, a capacity or timeout for it never applies. {name: ['file: key path', ...]}."""
+    def names(value: str | list[str] | None) -> list[str]:
+        return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+    found: list[tuple[str, str, str]] = []
+    for i, rule in enumerate(config.routing.rules):
+        found += [("routing", f"routing.rules[{i}].when.channel", n) for n in names(rule.when.channel)]
+    for policy_name, policy in config.sla_policies.items():
+        for i, override in enumerate(policy.overrides):
+            found += [("sla_policies", f"sla_policies.{policy_name}.overrides[{i}].when.channel", n)
+                      for n in names(override.when.channel)]
+    found += [("offers", f"offers.timeout.{n}", n) for n in config.offers.timeout if n != "default"]
+    for i, agent in enumerate(config.agents):
+        found += [("agents", f"agents[{i}].capacity.{n}", n) for n in agent.capacity if n != "default"]
+    for line_name, line in config.lines.items():
+        found += [("lines", f"lines.{line_name}.accounts[{i}].channel", ref.channel)
+                  for i, ref in enumerate(line.accounts)]
+    by_name: dict[str, list[str]] = {}
+    for key, path, name in found:
+        if name not in channels:
+            by_name.setdefault(name, []).append(f"{config.source_of(key)}: {path}")
+    return dict(sorted(by_name.items()))
+
+
+def defaulted_secrets(config: Config) -> list[str]:
+    """The environment variables of secrets that were not set, so that their configured default is in use
+    (fine for the demo; in production, a shared default password or token is a hole)."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, Secret):
+            if value.defaulted and value.env not in found:
+                found.append(value.env)
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+
+    walk(config)
+    return found
 
 
 def redacted(config: Config) -> dict[str, Any]:
@@ -394,5 +510,5 @@ def redacted(config: Config) -> dict[str, Any]:
 
 __all__ = [
     "MAIN_FILE", "Config", "ConfigError", "Duration", "IntegrationConfig", "Model", "Secret", "load_config",
-    "parse_duration", "plugin_settings", "redacted", "validate_config",
+    "defaulted_secrets", "parse_duration", "unknown_channels", "plugin_settings", "redacted", "validate_config",
 ]

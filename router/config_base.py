@@ -23,11 +23,12 @@ class ConfigError(Exception):
 class Secret:
     """A value that comes from the environment and is never printed."""
 
-    __slots__ = ("env", "_value")
+    __slots__ = ("env", "_value", "defaulted")
 
     def __init__(self, env: str, value: str):
         self.env = env
         self._value = value
+        self.defaulted = False  # the variable was not set: the configuration's default is used
 
     def get(self) -> str:
         return self._value
@@ -59,7 +60,16 @@ class Secret:
             if resolved is None:
                 if "default" not in value:
                     raise ValueError(f"environment variable {name} is not set; export it or give a default")
-                resolved = str(value["default"])
+                default = value["default"]
+                if not isinstance(default, (str, int)) or isinstance(default, bool) or str(default) == "":
+                    # `default:` with nothing after it is null, which would become the text "None"
+                    raise ValueError(f"environment variable {name} is not set and its default is empty or not text; "
+                                     "export it, or give a non-empty default")
+                secret = cls(name, str(default))
+                secret.defaulted = True
+                return secret
+            if resolved == "":
+                raise ValueError(f"environment variable {name} is set but empty; give it a value")
             return cls(name, resolved)
         raise ValueError("secrets come from the environment only: write {$env: VARIABLE_NAME}")
 
@@ -78,18 +88,33 @@ def parse_duration(value: Any) -> Any:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not abs(value) <= MAX_DURATION_DAYS * 86400:  # also NaN and infinity
+            raise ValueError(f"{value!r} seconds is longer than any duration Switchboard uses "
+                             f"(at most {MAX_DURATION_DAYS}d)")
         return timedelta(seconds=value)
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match and any(match.groups()):
             d, h, m, s = (int(g or 0) for g in match.groups())
-            return timedelta(days=d, hours=h, minutes=m, seconds=s)
+            try:
+                return timedelta(days=d, hours=h, minutes=m, seconds=s)
+            except OverflowError:
+                pass  # reported below as too long
+    if isinstance(value, timedelta) or (isinstance(value, str) and _DURATION.match(value)):
+        raise ValueError(f"{value!r} is longer than any duration Switchboard uses (at most {MAX_DURATION_DAYS}d)")
     raise ValueError(f"not a duration: {value!r}; write e.g. 90s, 15m, 72h or 2d")
+
+
+# SLA targets, windows and timeouts are hours to weeks; a deadline years away is a typo, and the business-hours
+# arithmetic would walk that many days of calendar.
+MAX_DURATION_DAYS = 366
 
 
 def _positive(value: timedelta) -> timedelta:
     if value <= timedelta(0):
         raise ValueError("must be longer than zero")
+    if value > timedelta(days=MAX_DURATION_DAYS):
+        raise ValueError(f"at most {MAX_DURATION_DAYS}d: a longer one is a typo")
     return value
 
 

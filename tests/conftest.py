@@ -192,8 +192,8 @@ async def harness_factory(store_factory):
         config = config or make_config()
         clock = clock or ManualClock()
         pm = build_plugin_manager(blocked, entry_points=False)
-        for plugin in plugins:
-            pm.register(plugin)
+        for plugin in plugins:  # named as an entry point names it, when the test plugin says its name
+            pm.register(plugin, name=getattr(plugin, "name", None))
         sb = Switchboard(config, plugin_manager=pm, store=await store_factory(), clock=clock)
         await sb.start(background=False)
         built.append(sb)

@@ -127,3 +127,78 @@ def test_durations(text, seconds):
 def test_bad_durations(bad):
     with pytest.raises(ValueError):
         parse_duration(bad)
+
+
+def test_a_key_written_twice_in_one_file_is_refused_with_both_lines(tmp_path):
+    write(tmp_path, "switchboard.yaml", "server: {port: 8080}\ninstance: {name: A}\nserver: {port: 9999}\n")
+    [problem] = problems(tmp_path)
+    assert problem.startswith("switchboard.yaml: line 3") and "'server' is written twice (first on line 1)" in problem
+
+
+def test_values_yaml_cannot_hold_and_yml_files_are_explained(tmp_path):
+    write(tmp_path, "switchboard.yaml", "calendars:\n  office: {holidays: [2026-02-30]}\n")
+    write(tmp_path, "accounts.yml", "accounts: []\n")
+    found = problems(tmp_path)
+    assert "accounts.yml: Switchboard reads *.yaml files only; rename it to accounts.yaml" in found
+    assert any(p.startswith("switchboard.yaml: a value cannot be read: day is out of range") for p in found)
+    (tmp_path / "accounts.yml").unlink()
+    (tmp_path / "old.yaml").mkdir()
+    assert any(p.startswith("old.yaml: cannot be read") for p in problems(tmp_path))
+
+
+@pytest.mark.parametrize("default, problem", [
+    ("", "its default is empty or not text"), ("null", "its default is empty or not text"),
+    ("[a, b]", "its default is empty or not text"), ("''", "its default is empty or not text")])
+def test_an_empty_secret_default_is_refused_not_turned_into_text(tmp_path, default, problem):
+    write(tmp_path, "switchboard.yaml", f"integrations:\n  - name: crm\n    token: {{$env: SB_UNSET_X, default: {default}}}\n")
+    assert any(problem in p for p in problems(tmp_path))
+
+
+def test_a_secret_set_but_empty_is_refused_and_a_default_in_use_is_reported(tmp_path, monkeypatch):
+    from router.config import defaulted_secrets
+
+    write(tmp_path, "switchboard.yaml", "integrations:\n  - name: crm\n    token: {$env: SB_EMPTY_T, default: demo}\n")
+    assert defaulted_secrets(load_config(tmp_path)) == ["SB_EMPTY_T"]
+    monkeypatch.setenv("SB_EMPTY_T", "")
+    assert any("SB_EMPTY_T is set but empty" in p for p in problems(tmp_path))
+    monkeypatch.setenv("SB_EMPTY_T", "a-real-token")
+    assert defaulted_secrets(load_config(tmp_path)) == []
+
+
+def test_an_account_password_too_short_is_refused_without_showing_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SB_SHORT_PW", "abc12")
+    write(tmp_path, "switchboard.yaml", "accounts:\n  - {id: pia, name: Pia, password: {$env: SB_SHORT_PW}}\n")
+    [problem] = problems(tmp_path)
+    assert problem.startswith("switchboard.yaml: accounts[0].password:") and "fewer than 8" in problem
+    assert "abc12" not in problem
+
+
+@pytest.mark.parametrize("value", ["9999999999d", "367d", "1.0e+20", ".inf"])
+def test_durations_past_a_year_are_typos(tmp_path, value):
+    write(tmp_path, "switchboard.yaml", f"threading: {{reopen_window: {value}}}\n")
+    [problem] = problems(tmp_path)
+    assert problem.startswith("switchboard.yaml: threading.reopen_window:") and "366d" in problem
+
+
+def test_survey_texts_are_checked_for_placeholders_everywhere(tmp_path):
+    write(tmp_path, "switchboard.yaml", "csat:\n  templates: {en: 'Hi {name}, rate {ref}'}\n")
+    assert any("csat.templates" in p and "unknown placeholder(s) ['name']" in p for p in problems(tmp_path))
+    write(tmp_path, "switchboard.yaml", "csat:\n  lines: {partner: {templates: {en: 'Rate us {'}}}\n")
+    assert any("csat.lines.partner.templates" in p and "literal braces" in p for p in problems(tmp_path))
+
+
+def test_tiers_once_each_and_a_known_phone_region(tmp_path):
+    write(tmp_path, "switchboard.yaml", "tiers: [L1, L2, L1, L3]\ninstance: {default_region: XX}\n")
+    found = problems(tmp_path)
+    assert any(p.startswith("switchboard.yaml: tiers:") and "repeated: ['L1']" in p for p in found)
+    assert any(p.startswith("switchboard.yaml: instance.default_region:") and "'XX'" in p for p in found)
+
+
+def test_a_misspelt_channel_is_reported(tmp_path):
+    from router.config import unknown_channels
+
+    write(tmp_path, "switchboard.yaml", "teams: {general: {tier: L1}}\n")
+    write(tmp_path, "routing.yaml", "routing:\n  rules:\n    - name: mail\n      when: {channel: emial}\n"
+                                    "      route: {team: general}\n  default: {team: general}\n")
+    found = unknown_channels(load_config(tmp_path), {"api", "email"})
+    assert found == {"emial": ["routing.yaml: routing.rules[0].when.channel"]}

@@ -37,6 +37,8 @@ def test_every_hook_is_tested_and_documented():
 
 async def test_hook_switchboard_configure(harness_factory):
     class Strict:
+        name = "strict"  # its entry point's name: the config section plugins.strict is its own
+
         @hookimpl
         def switchboard_configure(self, config):
             section = config.plugins.get("strict", {})
@@ -47,6 +49,8 @@ async def test_hook_switchboard_configure(harness_factory):
         await harness_factory(make_config(), plugins=(Strict(),))
     h = await harness_factory(make_config(plugins={"strict": {"api_key": "x"}}), plugins=(Strict(),))
     assert h.sb.started
+    with pytest.raises(ConfigError, match="plugins.strikt: no plugin named 'strikt' is installed"):
+        await harness_factory(make_config(plugins={"strict": {"api_key": "x"}, "strikt": {}}), plugins=(Strict(),))
 
 
 async def test_hook_switchboard_register_channels(harness_factory):

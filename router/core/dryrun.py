@@ -83,16 +83,28 @@ def message_from(data: dict[str, Any]) -> InboundMessage:
     return InboundMessage.model_validate(data)
 
 
+def _problems(exc: ValidationError) -> str:
+    """Each problem with its key path: `tests.0.expect.teem: unknown key`."""
+    return "; ".join(f"{'.'.join(str(part) for part in error['loc']) or '(top)'}: "
+                     f"{'unknown key (a typo?)' if error['type'] == 'extra_forbidden' else error['msg']}"
+                     for error in exc.errors())
+
+
 def run_routing_tests(switchboard: Any, folder: Path) -> tuple[int, list[str]]:
     """(number of tests run, failures as 'file: tests[i] (name): ...')."""
+    from router.config import read_yaml_text
+
     failures: list[str] = []
     count = 0
     for path in sorted(folder.glob("*.yaml")):
         where = f"{folder.name}/{path.name}"
         try:
-            suite = RoutingTestFile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-        except (yaml.YAMLError, ValidationError) as exc:
-            failures.append(f"{where}: not a routing test file: {exc}".splitlines()[0])
+            suite = RoutingTestFile.model_validate(read_yaml_text(path.read_text(encoding="utf-8")) or {})
+        except ValidationError as exc:
+            failures.append(f"{where}: not a routing test file: {_problems(exc)}")
+            continue
+        except (yaml.YAMLError, ValueError, OSError) as exc:
+            failures.append(f"{where}: not a routing test file: {' '.join(str(exc).split())}")
             continue
         for i, test in enumerate(suite.tests):
             count += 1
@@ -100,7 +112,10 @@ def run_routing_tests(switchboard: Any, folder: Path) -> tuple[int, list[str]]:
             try:
                 result = dry_route(switchboard, message_from(test.message),
                                    test.at.astimezone(timezone.utc) if test.at else None)
-            except (ValidationError, ValueError) as exc:
+            except ValidationError as exc:
+                failures.append(f"{label}: the message is not valid: {_problems(exc)}")
+                continue
+            except ValueError as exc:
                 failures.append(f"{label}: the message is not valid: {str(exc).splitlines()[0]}")
                 continue
             actual = {**dataclasses.asdict(result.route), "language": result.labels.get("language"),

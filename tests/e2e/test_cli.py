@@ -297,3 +297,43 @@ async def test_accounts_made_with_the_cli_sign_in_on_the_running_server(tmp_path
                                headers={"Authorization": f"Bearer {session_token}"}) as r:
             assert r.status == 401  # the session from before the password change was revoked with it
     assert server.terminate() == 0, server.describe()
+
+
+# -- what goes wrong around the server: a clear line, never a traceback -------------------------------------------
+def test_run_on_a_port_in_use_or_a_corrupt_database_says_so_in_one_line(tmp_path):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run_cli("run", "--config", "config", "--data", str(tmp_path / "data"), "--port", str(port))
+    assert busy.returncode == 1 and "Traceback" not in busy.stderr, busy.stderr
+    assert "address already in use" in busy.stderr.lower(), busy.stderr
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "switchboard.db").write_bytes(b"this is not a database" * 100)
+    corrupt = run_cli("explain", "TK-1001", "--config", "config", "--data", str(tmp_path / "bad"))
+    assert corrupt.returncode == 1 and "Traceback" not in corrupt.stderr, corrupt.stderr
+    assert "SQLite database cannot be used" in corrupt.stderr, corrupt.stderr
+    wrong = run_cli("run", "--config", "config", "--port", "70000")
+    assert wrong.returncode == 2 and "'70000' is not a port" in wrong.stderr
+
+
+def test_check_warns_of_demo_secrets_and_unloaded_channels(tmp_path):
+    result = run_cli("check", "--config", "config")
+    assert result.returncode == 0, result.stderr
+    assert "warning: $SWITCHBOARD_DEMO_TOKEN is not set" in result.stdout
+    assert "warning: channel 'sms' is named but not loaded" in result.stdout
+    with_env = run_cli("check", "--config", "config", env=cli_env(SWITCHBOARD_DEMO_TOKEN="a-real-one",
+                                                                   SWITCHBOARD_DEMO_PASSWORD="a-real-password"))
+    assert "is not set" not in with_env.stdout, with_env.stdout
+
+
+def test_accounts_add_refuses_unknown_lines_teams_and_bad_ids(tmp_path):
+    data = str(tmp_path / "data")
+    for args, expected in [(["pia", "--role", "supervisor", "--line", "postr"], "no line 'postr'"),
+                           (["pia", "--role", "supervisor", "--team", "nope"], "no team 'nope'"),
+                           (["Bad_ID", "--role", "supervisor"], "'Bad_ID' is not an account id")]:
+        result = run_cli("accounts", "add", *args, "--config", "config", "--data", data,
+                         env=cli_env(SWITCHBOARD_PASSWORD="long enough pass"))
+        assert result.returncode == 1 and expected in result.stderr, (args, result.stdout, result.stderr)
