@@ -2,6 +2,8 @@
 escalation and the safety lane — each checked through what agents and operators see (offers, events, queue)."""
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from datetime import datetime, timedelta, timezone
 from itertools import count
 
@@ -117,6 +119,30 @@ class Floor:
 
     async def status(self, ref):
         return (await self.h.read(lambda tx: tx.case_by_ref(ref))).status
+
+
+@contextlib.contextmanager
+def writes_refused(floor: Floor, backend: str):
+    """The database refuses writes for a while (another process holds it, or it went read-only)."""
+    from tests.conftest import run_sync
+    from tests.plugins.api.test_api_channel import _read_only
+
+    store = floor.sb.store
+    if backend == "sqlite":
+        store._writer.execute("PRAGMA busy_timeout = 200")
+        blocker = sqlite3.connect(store.path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+    else:
+        run_sync(_read_only(store.dsn, True))
+        try:
+            yield
+        finally:
+            run_sync(_read_only(store.dsn, False))
 
 
 @pytest.fixture
@@ -507,33 +533,13 @@ async def test_restart_takes_in_a_case_reopened_while_down_and_honours_agent_rem
 
 
 async def test_a_breach_the_store_could_not_record_is_recorded_by_the_next_tick(floor_factory, backend):
-    import sqlite3
-
     from router.core.store.base import StoreUnavailable
-    from tests.conftest import run_sync
-    from tests.plugins.api.test_api_channel import _read_only
 
     floor = await floor_factory([], routing={"default": {"team": "general", "tier": "L1", "sla": "standard"}})
     ref = await floor.message()
     floor.clock.advance(timedelta(minutes=10))  # the first response is due now (warning and breach at once)
-    store = floor.sb.store
-    if backend == "sqlite":
-        store._writer.execute("PRAGMA busy_timeout = 200")
-        blocker = sqlite3.connect(store.path, isolation_level=None)
-        blocker.execute("BEGIN EXCLUSIVE")  # another process holds the database
-        try:
-            with pytest.raises(StoreUnavailable):
-                await floor.assigner.tick()
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
-    else:
-        run_sync(_read_only(store.dsn, True))
-        try:
-            with pytest.raises(StoreUnavailable):
-                await floor.assigner.tick()
-        finally:
-            run_sync(_read_only(store.dsn, False))
+    with writes_refused(floor, backend), pytest.raises(StoreUnavailable):
+        await floor.assigner.tick()
     assert await floor.events(ref, "sla.breached") == []
     await floor.advance(seconds=1)
     await floor.advance(seconds=1)

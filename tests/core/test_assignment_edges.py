@@ -3,8 +3,6 @@ case, breaches that move a case, offers past their time, agents redefined while 
 resolved cases. Real stores (both backends), a controllable clock."""
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 from datetime import timedelta
 
 import pytest
@@ -13,30 +11,13 @@ from router.core.assigner import AssignmentError
 from router.core.model import CaseStatus
 from router.core.store.base import StoreUnavailable
 from router.routing_config import AgentConfig
-from tests.conftest import run_sync
-from tests.core.test_assignment import Floor, agent, config, floor_factory  # noqa: F401
-from tests.plugins.api.test_api_channel import _read_only
-
-
-@contextlib.contextmanager
-def writes_refused(floor: Floor, backend: str):
-    """The database refuses writes for a while (another process holds it, or it went read-only)."""
-    store = floor.sb.store
-    if backend == "sqlite":
-        store._writer.execute("PRAGMA busy_timeout = 200")
-        blocker = sqlite3.connect(store.path, isolation_level=None)
-        blocker.execute("BEGIN EXCLUSIVE")
-        try:
-            yield
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
-    else:
-        run_sync(_read_only(store.dsn, True))
-        try:
-            yield
-        finally:
-            run_sync(_read_only(store.dsn, False))
+from tests.core.test_assignment import (  # noqa: F401
+    Floor,
+    agent,
+    config,
+    floor_factory,
+    writes_refused,
+)
 
 
 async def test_a_case_held_by_an_agent_taken_out_of_the_config_goes_back_to_the_queue_at_start(
@@ -74,12 +55,18 @@ async def test_a_resolve_the_store_refused_leaves_the_clocks_running(floor_facto
     assert await floor.status(ref) is CaseStatus.RESOLVED
 
 
-async def test_an_out_of_office_reply_owes_no_response(floor_factory):  # noqa: F811
+async def _held_by_anna(floor_factory, address: str):  # noqa: F811
+    """Anna alone on the floor, holding the case of the customer writing from `address`."""
     floor = await floor_factory([agent("anna")])
     await floor.online("anna")
-    sender = {"kind": "email", "value": "away@example.com"}
+    sender = {"kind": "email", "value": address}
     ref = await floor.message(sender=sender)
     await floor.accept(ref)
+    return floor, ref, sender
+
+
+async def test_an_out_of_office_reply_owes_no_response(floor_factory):  # noqa: F811
+    floor, ref, sender = await _held_by_anna(floor_factory, "away@example.com")
     await floor.assigner.reply(floor.assigner.work_for(ref), "anna", "Which order?", waiting_customer=True)
     await floor.h.ingest(external_id="ooo-1", text="I am out of office", language="en", sender=sender,
                          auto_generated=True, thread={"case_ref": ref})
@@ -145,11 +132,7 @@ async def test_an_agent_moved_to_another_team_loses_the_offers_of_the_old_one(fl
 
 
 async def test_an_open_case_is_not_merged_into_a_resolved_one(floor_factory):  # noqa: F811
-    floor = await floor_factory([agent("anna")])
-    await floor.online("anna")
-    sender = {"kind": "email", "value": "m@example.com"}
-    first = await floor.message(sender=sender)
-    await floor.accept(first)
+    floor, first, sender = await _held_by_anna(floor_factory, "m@example.com")
     await floor.assigner.finish(floor.assigner.work_for(first), CaseStatus.RESOLVED, by="anna")
     floor.clock.advance(timedelta(days=30))  # past the reopen window: a new case
     second = await floor.message(text="Another problem entirely", sender=sender)
@@ -195,11 +178,7 @@ async def test_a_case_routed_just_before_a_crash_is_timed_from_its_message(floor
 @pytest.mark.parametrize("waiting", [True, False], ids=["reply-to-a-waiting-case", "follow-up-after-an-answer"])
 async def test_a_customer_message_stored_just_before_a_crash_is_timed_from_when_it_came(
         floor_factory, harness_factory, waiting):  # noqa: F811
-    floor = await floor_factory([agent("anna")])
-    await floor.online("anna")
-    sender = {"kind": "email", "value": "w@example.com"}
-    ref = await floor.message(sender=sender)
-    await floor.accept(ref)
+    floor, ref, sender = await _held_by_anna(floor_factory, "w@example.com")
     await floor.assigner.reply(floor.assigner.work_for(ref), "anna", "Which order?", waiting_customer=waiting)
     floor.clock.advance(timedelta(minutes=1))
     wrote = floor.clock.now()

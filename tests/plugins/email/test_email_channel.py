@@ -337,17 +337,31 @@ async def test_automatic_mail_held_up_by_an_outage_counts_when_it_went_out(
     assert "2 automatic mails went to loop@example.com in the last 1h" in rows[2]["last_error"]
 
 
-async def test_a_bounce_lands_in_the_case_and_marks_the_address_failing(harness_factory, dovecot, smtp, addresses):
+async def _acknowledged(harness_factory, dovecot, smtp, addresses, sender: str, message_id: str):
+    """A customer's mail became a case and its acknowledgement went out: (harness, mailboxes, mailbox user,
+    case, the acknowledgement's Message-ID)."""
     user = addresses["posters"]
     h, boxes = await started(harness_factory, email_config(dovecot, smtp.port, {"posters": user}))
-    dovecot.append(user, mail("gone@example.org", message_id="g1@example.org"))
+    dovecot.append(user, mail(sender, message_id=message_id))
     await boxes["posters"].sync()
     await h.sb.outbox.run_once()
     [ack] = smtp.received
-    case = await case_of(h, "g1@example.org")
-    original = ack.message["Message-ID"].strip("<>")
-    dovecot.append(user, sample("dsn_bounce.eml").replace(b"{ORIGINAL_ID}", original.encode())
-                   .replace(b"bounce-1@", f"bounce-{uuid.uuid4().hex[:6]}@".encode()))
+    return h, boxes, user, await case_of(h, message_id), ack.message["Message-ID"].strip("<>")
+
+
+def _report(original_id: str, final: str = "gone@example.org", action: str = "failed", status: str = "5.1.1") -> bytes:
+    """A delivery status report (the recorded sample) about `original_id`, naming `final` as the recipient."""
+    return (sample("dsn_bounce.eml").replace(b"{ORIGINAL_ID}", original_id.encode())
+            .replace(b"bounce-1@", f"bounce-{uuid.uuid4().hex[:6]}@".encode())
+            .replace(b"Final-Recipient: rfc822; gone@example.org", f"Final-Recipient: rfc822; {final}".encode())
+            .replace(b"Action: failed", f"Action: {action}".encode())
+            .replace(b"Status: 5.1.1", f"Status: {status}".encode()))
+
+
+async def test_a_bounce_lands_in_the_case_and_marks_the_address_failing(harness_factory, dovecot, smtp, addresses):
+    h, boxes, user, case, original = await _acknowledged(harness_factory, dovecot, smtp, addresses,
+                                                         "gone@example.org", "g1@example.org")
+    dovecot.append(user, _report(original))
     assert await boxes["posters"].sync() == {"bounce": 1}
     messages = await h.read(lambda tx: tx.messages_for_case(case.id))
     assert messages[-1].meta["details"]["bounce"]["status"] == "5.1.1"
@@ -365,25 +379,12 @@ async def test_a_bounce_lands_in_the_case_and_marks_the_address_failing(harness_
     assert rows[-1]["status"] == "failed" and "marked failing" in rows[-1]["last_error"] and len(smtp.received) == 1
 
 
-def _report(original_id: str, final: str, action: str = "failed", status: str = "5.1.1") -> bytes:
-    return (sample("dsn_bounce.eml").replace(b"{ORIGINAL_ID}", original_id.encode())
-            .replace(b"bounce-1@", f"bounce-{uuid.uuid4().hex[:6]}@".encode())
-            .replace(b"Final-Recipient: rfc822; gone@example.org", f"Final-Recipient: rfc822; {final}".encode())
-            .replace(b"Action: failed", f"Action: {action}".encode())
-            .replace(b"Status: 5.1.1", f"Status: {status}".encode()))
-
-
 async def test_a_bounce_from_a_forwarding_address_lands_in_the_case_it_bounced_from(
         harness_factory, dovecot, smtp, addresses):
-    user = addresses["posters"]
-    h, boxes = await started(harness_factory, email_config(dovecot, smtp.port, {"posters": user}))
-    dovecot.append(user, mail("Ada Lovelace <ada@company.example>", message_id="f1@example.org"))
-    await boxes["posters"].sync()
-    await h.sb.outbox.run_once()
-    [ack] = smtp.received
-    case = await case_of(h, "f1@example.org")
+    h, boxes, user, case, original = await _acknowledged(harness_factory, dovecot, smtp, addresses,
+                                                         "Ada Lovelace <ada@company.example>", "f1@example.org")
     # ada@company.example forwards to a mailbox that no longer exists: the report names that one
-    dovecot.append(user, _report(ack.message["Message-ID"].strip("<>"), "ada.old@gmail.example"))
+    dovecot.append(user, _report(original, "ada.old@gmail.example"))
     assert await boxes["posters"].sync() == {"bounce": 1}
     messages = await h.read(lambda tx: tx.messages_for_case(case.id))
     assert messages[-1].meta["details"]["bounce"]["recipients"] == ["ada.old@gmail.example"]
@@ -398,14 +399,9 @@ async def test_a_bounce_from_a_forwarding_address_lands_in_the_case_it_bounced_f
 @pytest.mark.parametrize("action, status", [("delayed", "4.4.7"), ("delivered", "2.0.0")])
 async def test_delay_and_success_notices_do_not_fail_the_mail(harness_factory, dovecot, smtp, addresses,
                                                               action, status):
-    user = addresses["posters"]
-    h, boxes = await started(harness_factory, email_config(dovecot, smtp.port, {"posters": user}))
-    dovecot.append(user, mail("slow@example.org", message_id="d1@example.org"))
-    await boxes["posters"].sync()
-    await h.sb.outbox.run_once()
-    [ack] = smtp.received
-    case = await case_of(h, "d1@example.org")
-    dovecot.append(user, _report(ack.message["Message-ID"].strip("<>"), "slow@example.org", action, status))
+    h, boxes, user, case, original = await _acknowledged(harness_factory, dovecot, smtp, addresses,
+                                                         "slow@example.org", "d1@example.org")
+    dovecot.append(user, _report(original, "slow@example.org", action, status))
     await boxes["posters"].sync()
     [row] = await h.read(lambda tx: tx.outbound_for_case(case.id))
     assert row.status.value == "sent" and row.last_error is None
