@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from router.core.calendar import BusinessCalendar
 from router.core.model import (
@@ -400,7 +400,10 @@ class Assigner:
         if agent_id in self.workforce:
             self.workforce.add_load(agent_id, channel, delta)
 
-    def agent_view(self, agent_id: str) -> dict[str, Any]:
+    def agent_view(self, agent_id: str,
+                   visible: Callable[[str | None, str | None], bool] | None = None) -> dict[str, Any]:
+        """What an agent is doing; `visible(line, team)` keeps the refs of cases the reader may see (a line
+        supervisor does not learn the references of other lines' cases from the workforce views)."""
         agent = self.workforce.get(agent_id)
         if agent is None:
             raise AssignmentError(404, "not_found", f"no agent {agent_id!r}")
@@ -411,8 +414,11 @@ class Assigner:
             "last_assigned_at": _iso(agent.last_assigned_at), "source": self.sources[agent_id],
             "definition": definition.model_dump(mode="json"),
             "offers": [{"id": o.id, "case": self.cases[o.case_id].case.ref, "expires_at": o.expires_at.isoformat()}
-                       for o in self.offers.values() if o.agent_id == agent_id and o.case_id in self.cases],
-            "cases": sorted(w.case.ref for w in self.cases.values() if w.agent_id == agent_id),
+                       for o in self.offers.values() if o.agent_id == agent_id and o.case_id in self.cases
+                       and (visible is None or visible(self.cases[o.case_id].case.line,
+                                                       self.cases[o.case_id].case.team))],
+            "cases": sorted(w.case.ref for w in self.cases.values() if w.agent_id == agent_id
+                            and (visible is None or visible(w.case.line, w.case.team))),
         }
 
     async def put_agent(self, definition: AgentConfig, *, by: str) -> None:
@@ -1131,6 +1137,9 @@ class Assigner:
                                   widening=Widening() if reset else work.widening,
                                   excluded=[] if reset else work.excluded,
                                   step=0 if reset else work.step, step_base=now if reset else work.step_base)
+        holder = offer.agent_id if offer is not None else work.agent_id
+        if holder is not None and "from_agent" not in data:
+            data = {**data, "from_agent": holder}  # the live feed tells them the case left them
         rows = [(work.case.id, event_type, data)]
         if offer is not None:
             rows.insert(0, (work.case.id, "offer.rescinded",

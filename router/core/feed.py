@@ -100,6 +100,11 @@ def _assigner_key():
     return ASSIGNER
 
 
+# Events after which a case may be on another line or team, or with nobody: its last seen state is stale.
+RELOCATING = frozenset({"case.created", "case.reopened", "case.routed", "case.transferred", "case.escalated",
+                        "case.merged", "case.requeued"})
+
+
 class Feed:
     def __init__(self, switchboard: "Switchboard"):
         self.sb = switchboard
@@ -187,8 +192,14 @@ class Feed:
         """Called after every committed write, in commit order (kept: a publish waiting for a read holds the
         next one back, so a stream never gets a later event before an earlier one)."""
         async with self._order:
-            if self.broad:  # supervisors see cases before assignment takes them in: read what the feed lacks
-                unknown = {e.case_id for e in events if e.case_id is not None and self.case_info(e.case_id) is None}
+            if self.broad:
+                # Supervisors see cases before assignment takes them in: read what the feed lacks. And a case
+                # that assignment does not hold but that was just created, reopened or moved is read again: what
+                # the feed last saw of it (a resolved case's old line) no longer says which supervisors see it.
+                assigner = self.sb.stash.get(_assigner_key())
+                held = assigner.cases if assigner is not None else {}
+                unknown = {e.case_id for e in events if e.case_id is not None and (
+                    (e.type in RELOCATING and e.case_id not in held) or self.case_info(e.case_id) is None)}
                 if unknown:
                     await self._learn(unknown)
             self._push(events)

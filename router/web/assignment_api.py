@@ -46,11 +46,16 @@ def _offer_id(request: web.Request) -> int:
 
 
 # -- agents ------------------------------------------------------------------------------------------------------
+def agent_json(assigner: Assigner, agent_id: str, who: Principal) -> dict[str, Any]:
+    """An agent's view as `who` may see it: their own whole, others' without refs of cases `who` cannot read."""
+    return assigner.agent_view(agent_id, visible=None if who.agent_id == agent_id else who.covers)
+
+
 async def list_agents(request: web.Request) -> web.Response:
-    await require(request, "read")
+    who = await require(request, "read")
     assigner = _assigner(request)
-    return web.json_response({"agents": [assigner.agent_view(a.id) for a in sorted(assigner.workforce,
-                                                                                key=lambda a: a.id)]})
+    return web.json_response({"agents": [agent_json(assigner, a.id, who) for a in sorted(assigner.workforce,
+                                                                                      key=lambda a: a.id)]})
 
 
 async def get_agent(request: web.Request) -> web.Response:
@@ -58,7 +63,7 @@ async def get_agent(request: web.Request) -> web.Response:
     who = await principal(request)
     if who.agent_id != agent_id:  # one's own, or anyone's with the read permission
         await require(request, "read")
-    return web.json_response(_assigner(request).agent_view(agent_id))
+    return web.json_response(agent_json(_assigner(request), agent_id, who))
 
 
 async def put_agent(request: web.Request) -> web.Response:
@@ -74,7 +79,7 @@ async def put_agent(request: web.Request) -> web.Response:
     assigner = _assigner(request)
     created = agent_id not in assigner.workforce
     await assigner.put_agent(definition, by=who.actor)
-    return web.json_response(assigner.agent_view(agent_id), status=201 if created else 200)
+    return web.json_response(agent_json(assigner, agent_id, who), status=201 if created else 200)
 
 
 def _invalid(code: str, exc: ValidationError) -> HTTPProblem:
@@ -107,7 +112,7 @@ async def _set_presence(request: web.Request, who: Principal, agent_id: str,
     body = body if body is not None else await _body(request, "presence")
     assigner = _assigner(request)
     await assigner.set_presence(agent_id, body["presence"], by=who.actor if who.is_person else agent_id)
-    return web.json_response(assigner.agent_view(agent_id))
+    return web.json_response(agent_json(assigner, agent_id, who))
 
 
 # -- offers --------------------------------------------------------------------------------------------------------

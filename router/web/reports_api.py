@@ -16,7 +16,7 @@ from aiohttp import web
 
 from router.core.assigner import HELD_STATUSES
 from router.web.api import switchboard_of
-from router.web.assignment_api import _assigner
+from router.web.assignment_api import _assigner, agent_json
 from router.web.auth import require
 from router.web.errors import HTTPProblem
 
@@ -55,7 +55,7 @@ async def overview(request: web.Request) -> web.Response:
                           "agent": work.offer.agent_id if work.offer else work.agent_id,
                           "due": due.isoformat() if due else None, "breached": breached})
     rows = sorted(queues.values(), key=lambda r: (-r["breached"], -r["oldest_wait_seconds"], str(r["line"])))
-    agents = [assigner.agent_view(a.id) for a in sorted(assigner.workforce, key=lambda a: a.id)
+    agents = [agent_json(assigner, a.id, who) for a in sorted(assigner.workforce, key=lambda a: a.id)
               if _agent_in_scope(who, assigner.definitions[a.id])]
     return web.json_response({
         "at": now.isoformat(),

@@ -25,6 +25,10 @@ RELATIONS = ("other_side", "related", "followup")
 
 # -- signing in -----------------------------------------------------------------------------------------------------
 async def login(request: web.Request) -> web.Response:
+    if request.content_type != "application/json":
+        # A page on another site can post a form (text/plain, urlencoded) but not JSON without the browser
+        # asking this server first: so no page can sign a visitor in to an account of its choosing.
+        raise HTTPProblem(415, "unsupported_media_type", "sign in with a JSON body (Content-Type: application/json)")
     body = await _body(request, "account", "password")
     sb = switchboard_of(request)
     try:

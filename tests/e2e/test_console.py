@@ -554,3 +554,68 @@ async def test_agent_opening_a_case_held_by_someone_else_sees_the_403_detail(
     await call(api, "PUT", f"{deployment.url}/api/v1/agents/{OTHER_AGENT}/presence", {"presence": "offline"},
                expected=200)
     await context.close()
+
+
+# -- a case that fails to open never leaves another case's actions in its place -------------------------------------
+async def _held_by(api: aiohttp.ClientSession, deployment: Deployment, agent_id: str, **payload: Any) -> str:
+    """A new poster case, offered to `agent_id` (alone online) and accepted through the API."""
+    ref = await post_customer_message(api, deployment, message(
+        unique("msg"), f"{unique('poster')}@customers.example", "Hello, my task is stuck", language="en",
+        context={"role": "poster"}, **payload))
+
+    async def offered() -> dict[str, Any] | None:
+        return next((o for o in (await agent_state(api, deployment, agent_id))["offers"] if o["case"] == ref), None)
+
+    offer = await eventually(offered, f"the offer of {ref} to {agent_id}")
+    await call(api, "POST", f"{deployment.url}/api/v1/offers/{offer['id']}/accept", {"agent": agent_id},
+               expected=200)
+    return ref
+
+
+async def test_a_case_that_fails_to_load_is_not_shown_as_the_one_before(
+        deployment: Deployment, browser: Browser, api: aiohttp.ClientSession):
+    await everyone_offline(api, deployment)
+    await call(api, "PUT", f"{deployment.url}/api/v1/agents/{AGENT}/presence", {"presence": "online"}, expected=200)
+    first = await _held_by(api, deployment, AGENT, subject="alice's problem")
+    unbroken = "x" * 400  # a subject with no place to wrap
+    second = await _held_by(api, deployment, AGENT, subject=unbroken)
+    blank = await _held_by(api, deployment, AGENT, subject="   ")
+    context = await browser.new_context()
+    page = await context.new_page()
+    seen = watch_page(page)
+    await sign_in(page, deployment, AGENT)
+    await page.locator(f'#my-cases [data-case="{first}"]').click()
+    await expect(page.locator("#case-ref")).to_have_text(first)
+    await page.get_by_test_id("reply-text").fill("Answer meant for alice")
+
+    # The server answers 503 once for the second case: its pane must not show the first case's text and actions.
+    failures: list[str] = []
+
+    async def fail_once(route):
+        if not failures:
+            failures.append(route.request.url)
+            await route.fulfill(status=503, content_type="application/json",
+                                body='{"error": "store_unavailable", "detail": "try again shortly"}')
+        else:
+            await route.continue_()
+
+    await page.route(f"**/api/v1/cases/{second}", fail_once)
+    await page.locator(f'#my-cases [data-case="{second}"]').click()
+    await expect(page.get_by_test_id("error")).to_contain_text("try again shortly")
+    await expect(page.get_by_test_id("case")).to_be_hidden()  # no reply form, no resolve button, no alice
+    await expect(page.locator("#case-placeholder")).to_have_text(f"{second} could not be opened.")
+    assert failures, "the route did not intercept the case's load"
+
+    # Opened again, it loads; the long subject wraps inside the page, and the first case's draft stayed with it.
+    await page.locator(f'#my-cases [data-case="{second}"]').click()
+    await expect(page.locator("#case-ref")).to_have_text(second)
+    await expect(page.locator("#case-subject")).to_have_text(unbroken)
+    await expect(page.get_by_test_id("reply-text")).to_have_value("")
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    await page.locator(f'#my-cases [data-case="{blank}"]').click()
+    await expect(page.locator("#case-subject")).to_have_text("(no subject)")
+    await page.locator(f'#my-cases [data-case="{first}"]').click()
+    await expect(page.get_by_test_id("reply-text")).to_have_value("Answer meant for alice")
+    assert seen["errors"] == [], seen
+    await call(api, "PUT", f"{deployment.url}/api/v1/agents/{AGENT}/presence", {"presence": "offline"}, expected=200)
+    await context.close()

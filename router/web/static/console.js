@@ -146,6 +146,9 @@ function showError(err) {
   displayError(err?.message || String(err));
 }
 
+/** A case's subject for display: an empty or blank one reads as "(no subject)", not as nothing. */
+const subjectOf = (c, none = "(no subject)") => c?.subject?.trim() || none;
+
 function announce(message) {
   $("live").textContent = message;
 }
@@ -321,7 +324,7 @@ function receiveOffer(ev) {
   state.offers.set(String(offer.id), offer);
   renderOffers();
   const left = (Date.parse(offer.expires_at) - Date.now()) / 1000;
-  announce(`New offer ${offer.case}: ${ev.case.subject ?? "no subject"}. Expires in ${fmtDuration(left)}.`);
+  announce(`New offer ${offer.case}: ${subjectOf(ev.case, "no subject")}. Expires in ${fmtDuration(left)}.`);
 }
 
 const offerSummary = (offer) => offer.summary ?? state.caseInfo.get(offer.case) ?? { ref: offer.case };
@@ -352,7 +355,7 @@ function offerItem(offer) {
     el("div", { class: "row" },
       el("strong", { text: offer.case }),
       el("span", { class: "countdown", role: "timer", "data-expires": offer.expires_at })),
-    el("div", { class: "subject", text: summary.subject ?? "" }),
+    el("div", { class: "subject", text: subjectOf(summary) }),
     tags(summary),
     el("div", { class: "row" },
       el("button", {
@@ -407,7 +410,7 @@ function renderMyCases() {
       el("strong", { text: c.ref }), statusBadge(c.status),
       state.unread.has(c.ref) && el("span", { class: "unread", title: "new message" },
         el("span", { class: "sr-only", text: "new message" }))),
-    el("span", { class: "subject", text: c.subject ?? "(no subject)" }),
+    el("span", { class: "subject", text: subjectOf(c) }),
     tags(c)))));
   $("my-cases-empty").hidden = state.myCases.length > 0;
 }
@@ -417,14 +420,27 @@ function renderMyCases() {
 function openCase(ref) {
   ref = ref.trim();
   if (!ref) return;
-  if (ref !== state.openRef) switchDrafts(ref);
+  if (ref !== state.openRef) {
+    switchDrafts(ref);
+    // Never show one case under another's reference: until this one has loaded, the pane (and with it every
+    // action, which goes to the open reference) is hidden.
+    state.open = null;
+    $("case").hidden = true;
+    $("case-placeholder").textContent = `Opening ${ref}…`;
+    $("case-placeholder").hidden = false;
+  }
   state.openRef = ref;
   state.unread.delete(ref);
   history.replaceState(null, "", `#case/${encodeURIComponent(ref)}`);
   showView("work");
   renderMyCases();
   return act(null, async () => {
-    await loadCase(ref);
+    try {
+      await loadCase(ref);
+    } catch (err) {
+      if (state.openRef === ref && !state.open) $("case-placeholder").textContent = `${ref} could not be opened.`;
+      throw err;
+    }
     if (state.openRef === state.open?.case.ref) $("case-title").focus();
   });
 }
@@ -455,6 +471,7 @@ function closeCase() {
   state.open = null;
   $("case").hidden = true;
   delete $("case").dataset.case;
+  $("case-placeholder").textContent = "Select a case to open it.";
   $("case-placeholder").hidden = false;
   if (location.hash) history.replaceState(null, "", location.pathname + location.search);
 }
@@ -474,7 +491,7 @@ function renderCase({ case: c, customer, messages = [], events = [], outbound = 
   pane.dataset.case = c.ref;
   $("case-placeholder").hidden = true;
   $("case-ref").textContent = c.ref;
-  $("case-subject").textContent = c.subject ?? "(no subject)";
+  $("case-subject").textContent = subjectOf(c);
   $("case-status").textContent = c.status;
   $("case-status").className = `badge status-${c.status}`;
   $("case-meta").replaceChildren(...metaPairs([
@@ -562,7 +579,7 @@ function deliveryLine(o) {
 function renderLinks(links) {
   $("links").replaceChildren(...links.map((link) => el("li", { class: "row" },
     refButton(link.ref), badge(link.relation), statusBadge(link.status),
-    el("span", { text: link.subject ?? "" }))));
+    el("span", { text: subjectOf(link) }))));
   $("links-wrap").hidden = links.length === 0;
 }
 
@@ -570,7 +587,10 @@ function renderLinks(links) {
 
 /** POST an action on the open case, run `done` once it succeeded, then refresh the case and my list. */
 function caseAction(control, action, body, done) {
-  const ref = state.openRef;
+  const ref = state.open?.case.ref;  // the case on screen, never one still loading
+  if (!ref || ref !== state.openRef) return act(control, async () => {
+    throw new Error("This case has not finished loading; wait a moment or open it again.");
+  });
   return act(control, async () => {
     await post(casePath(ref, action), body);
     done?.();
