@@ -151,7 +151,7 @@ class AcknowledgementConfig(Model):
 
 
 class OutboxConfig(Model):
-    max_attempts: int = Field(default=8, ge=1)
+    max_attempts: int = Field(default=8, ge=1, le=100)
     backoff_base: Duration = timedelta(seconds=5)
     backoff_max: Duration = timedelta(hours=1)
     batch: int = Field(default=50, ge=1)

@@ -249,6 +249,7 @@ class WebhookReceiver:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     # Called with each parsed body before answering, as an integration that acts on a webhook before replying.
     before_answer: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    answer: dict[str, Any] | None = None  # the JSON of a 200 answer (default: {"id": "ext-<n>"})
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -258,7 +259,7 @@ class WebhookReceiver:
             await self.before_answer(json.loads(body))
         status = self.script.pop(0) if self.script else 200
         if status == 200:
-            return web.json_response({"id": f"ext-{len(self.requests)}"})
+            return web.json_response(self.answer or {"id": f"ext-{len(self.requests)}"})
         return web.Response(status=status, text=f"scripted {status}")
 
 

@@ -18,6 +18,9 @@ DELIVERY_HEADER = "X-Switchboard-Delivery"
 TIMESTAMP_HEADER = "X-Switchboard-Timestamp"
 
 
+MAX_ANSWER_BYTES = 65536  # of a webhook's answer: enough for any JSON with an id, bounded against a huge body
+
+
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """`sha256=<hex>` of HMAC-SHA256 over `<timestamp>.<body>`: the body cannot be altered or replayed later."""
     mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
@@ -76,15 +79,16 @@ async def post_webhook(
             webhook.url, data=body, headers=headers,
             timeout=aiohttp.ClientTimeout(total=webhook.timeout.total_seconds()), allow_redirects=False,
         ) as response:
-            text = (await response.text(errors="replace"))[:300]
+            raw = await response.content.read(MAX_ANSWER_BYTES)  # what an answer may say; the rest is not read
             if 200 <= response.status < 300:
                 provider_id = None
                 if response.content_type == "application/json":
-                    try:
-                        provider_id = str((json.loads(text) or {}).get("id") or "") or None
+                    try:  # the whole answer is parsed: an id after a long field is still found
+                        provider_id = str((json.loads(raw) or {}).get("id") or "")[:256] or None
                     except (ValueError, AttributeError):
                         provider_id = None
                 return DeliveryResult.sent(provider_id)
+            text = raw.decode(response.charset or "utf-8", errors="replace")[:300]
             reason = f"webhook answered {response.status}: {text}".strip()
             if response.status in (408, 425, 429) or response.status >= 500:
                 return DeliveryResult.retry(reason)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from datetime import datetime, timezone
 from typing import Any
 
@@ -79,6 +80,17 @@ class ThreadHints(BaseModel):
     )
 
 
+def _check_finite(value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}: numbers must be finite (NaN and Infinity are not JSON)")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{where}[{i}]")
+
+
 class PlatformContext(BaseModel):
     """What the marketplace says about the sender: their role and the order or task in question."""
 
@@ -87,6 +99,15 @@ class PlatformContext(BaseModel):
     role: str | None = Field(default=None, max_length=64)
     order_id: str | None = Field(default=None, max_length=256)
     attributes: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("attributes")
+    @classmethod
+    def _finite(cls, attributes: dict[str, Any]) -> dict[str, Any]:
+        """NaN and Infinity (which some JSON encoders write) are no JSON numbers: PostgreSQL's jsonb refuses
+        them and SQLite's encoder would write null, so they are refused here, naming where."""
+        if attributes:
+            _check_finite(attributes, "attributes")
+        return attributes
 
 
 class InboundMessage(BaseModel):

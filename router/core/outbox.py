@@ -28,7 +28,7 @@ class Outbox:
 
     def backoff(self, attempts: int) -> timedelta:
         """Exponential, capped, with jitter so that many failures do not retry in lockstep."""
-        base = self.config.backoff_base.total_seconds() * (2 ** max(attempts - 1, 0))
+        base = self.config.backoff_base.total_seconds() * (2 ** min(max(attempts - 1, 0), 40))
         capped = min(base, self.config.backoff_max.total_seconds())
         return timedelta(seconds=capped * random.uniform(0.8, 1.0))
 
@@ -64,20 +64,25 @@ class Outbox:
         lease_until = now + self.config.lease
         batch = await self.sb.store.write(lambda tx: tx.claim_due_outbound(now, lease_until, self.config.batch))
         if batch:
-            await asyncio.gather(*(self._deliver(outbound) for outbound in batch))
+            await asyncio.gather(*(self._deliver(outbound, lease_until) for outbound in batch))
         return len(batch)
 
-    async def _deliver(self, outbound: Outbound) -> None:
+    async def _deliver(self, outbound: Outbound, claimed_until: datetime) -> None:
+        # An attempt must end before its claim does: after the lease another node may claim the row and try.
+        budget = max(1.0, (claimed_until - self.sb.clock.now()).total_seconds() - 5)
         try:
-            result = await self.sb.hooks.deliver(outbound=outbound, switchboard=self.sb)
+            result = await asyncio.wait_for(self.sb.hooks.deliver(outbound=outbound, switchboard=self.sb), budget)
+        except asyncio.TimeoutError:
+            log.warning("delivering outbound %s on %s took longer than its lease", outbound.id, outbound.channel)
+            result = DeliveryResult.retry(f"no answer within {budget:.0f} s (the outbox lease)")
         except Exception as exc:  # noqa: BLE001 - a plugin crash is a transient failure of this attempt
             log.exception("delivering outbound %s on %s raised", outbound.id, outbound.channel)
             result = DeliveryResult.retry(f"{type(exc).__name__}: {exc}")
         if result is None:
             result = DeliveryResult.permanent(f"no plugin delivers on channel {outbound.channel!r}")
-        await self.record(outbound, result)
+        await self.record(outbound, result, claimed_until)
 
-    async def record(self, outbound: Outbound, result: DeliveryResult) -> None:
+    async def record(self, outbound: Outbound, result: DeliveryResult, claimed_until: datetime) -> None:
         now = self.sb.clock.now()
         attempts = outbound.attempts + 1
         if result.ok:
@@ -95,24 +100,18 @@ class Outbox:
             data["provider_id"] = result.provider_id
 
         async def unit(tx):
-            current = await tx.get_outbound(outbound.id)
-            if current is not None and current.status is not OutboundStatus.SENDING:
-                # A delivery report (or a person) decided while this attempt was under way, e.g. the integration
-                # said "delivered" before answering the webhook: that word stands; the attempt is only counted.
-                await tx.finish_outbound(
-                    outbound.id, status=current.status, attempts=attempts, next_attempt_at=current.next_attempt_at,
-                    last_error=current.last_error, provider_id=result.provider_id or current.provider_id, at=now,
-                )
-                return current.status, ([await tx.append_event(outbound.case_id, event, "outbox", data, now)]
-                                        if result.ok else [])
-            await tx.finish_outbound(
-                outbound.id, status=status, attempts=attempts, next_attempt_at=next_at,
-                last_error=result.error, provider_id=result.provider_id, at=now,
-            )
-            return status, [await tx.append_event(outbound.case_id, event, "outbox", data, now)]
+            if await tx.finish_claimed_outbound(
+                    outbound.id, claimed_until=claimed_until, status=status, next_attempt_at=next_at,
+                    last_error=result.error, provider_id=result.provider_id, at=now):
+                return True, [await tx.append_event(outbound.case_id, event, "outbox", data, now)]
+            # The claim no longer holds: a delivery report decided while this attempt was under way (the
+            # integration said "delivered" before answering the webhook), or the lease ran out and another
+            # claim took the row. Whatever stands now stands; this attempt is only counted.
+            await tx.count_outbound_attempt(outbound.id, result.provider_id, now)
+            return False, ([await tx.append_event(outbound.case_id, event, "outbox", data, now)] if result.ok else [])
 
-        final, events = await self.sb.store.write(unit)
-        self.sb.metrics.outbound.labels(outbound.channel, final.value).inc()
+        held, events = await self.sb.store.write(unit)
+        self.sb.metrics.outbound.labels(outbound.channel, status.value if held else "superseded").inc()
         await self.sb.after_write(events)
 
     async def report(self, outbound_id: int, *, delivered: bool, error: str | None = None,

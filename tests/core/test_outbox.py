@@ -151,3 +151,47 @@ async def test_stopping_a_worker_survives_a_swallowed_cancellation():
     await asyncio.sleep(0)
     await asyncio.wait_for(cancel_and_wait(task), timeout=5)
     assert task.cancelled() and swallowed == 1
+
+
+async def test_a_slow_attempt_past_its_lease_does_not_undo_the_attempt_that_took_over(harness_factory,
+                                                                                      webhook_receiver):
+    import asyncio
+
+    h = await harness_factory(_config(webhook_receiver.url, lease="2m"))
+    result = await h.ingest(external_id="backend/m1", sender=EMAIL, text="hello")
+    released = [asyncio.Event(), asyncio.Event()]
+    calls = []
+
+    async def held(_body):  # each webhook call waits until the test lets it answer
+        calls.append(len(calls))
+        await released[len(calls) - 1].wait()
+
+    webhook_receiver.before_answer = held
+    webhook_receiver.script = [500, 200]  # the first attempt fails (transiently), the second succeeds
+    first = asyncio.create_task(h.sb.outbox.run_once())
+    while len(calls) < 1:
+        await asyncio.sleep(0.01)
+    h.clock.advance(timedelta(minutes=3))  # the lease ran out: the row may be claimed again ("another node")
+    second = asyncio.create_task(h.sb.outbox.run_once())
+    while len(calls) < 2:
+        await asyncio.sleep(0.01)
+    released[0].set()
+    await first  # the stale attempt ends first: it must not put the row back to pending under the new claim
+    released[1].set()
+    assert await second == 1
+    [outbound] = await _outbound(h, result.case.id)
+    assert (outbound.status, outbound.attempts, outbound.last_error) == (OutboundStatus.SENT, 2, None)
+    assert await h.sb.outbox.run_once() == 0  # nothing is due: no third delivery
+    h.clock.advance(timedelta(hours=1))
+    assert await h.sb.outbox.run_once() == 0 and len(webhook_receiver.requests) == 2
+    events = [e.type for e in await h.read(lambda tx: tx.events_for_case(result.case.id))]
+    assert events.count("outbound.sent") == 1 and "outbound.retry" not in events
+
+
+async def test_the_integrations_id_is_kept_after_a_long_answer(harness_factory, webhook_receiver):
+    webhook_receiver.answer = {"note": "x" * 5000, "id": "prov-42"}  # a long JSON answer, its id at the end
+    h = await harness_factory(_config(webhook_receiver.url))
+    result = await h.ingest(external_id="backend/m1", sender=EMAIL, text="hello")
+    assert await h.sb.outbox.run_once() == 1
+    [outbound] = await _outbound(h, result.case.id)
+    assert outbound.status is OutboundStatus.SENT and outbound.provider_id == "prov-42"

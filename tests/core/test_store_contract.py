@@ -157,6 +157,31 @@ async def test_finished_outbound_is_not_claimed_again_and_pending_waits_its_turn
     assert (await store.read(lambda tx: tx.get_outbound(outbound_id))).provider_id == "p-1"
 
 
+async def test_only_the_claim_that_holds_an_outbound_row_records_its_outcome(store):
+    async def setup(tx):
+        _, case_id = await _customer_and_case(tx)
+        return await tx.enqueue_outbound(
+            case_id=case_id, message_id=None, channel="api", account="backend",
+            recipient=Identity(kind="email", value="a@b.c"), kind="ack", text="t", subject=None, meta={}, at=T0)
+
+    outbound_id = await store.write(setup)
+    first_lease, second_lease = T0 + timedelta(minutes=2), T0 + timedelta(minutes=5)
+    assert len(await store.write(lambda tx: tx.claim_due_outbound(T0, first_lease, 10))) == 1
+    assert len(await store.write(lambda tx: tx.claim_due_outbound(T0 + timedelta(minutes=3), second_lease, 10))) == 1
+
+    def finish(lease, status, provider_id=None):
+        return store.write(lambda tx: tx.finish_claimed_outbound(
+            outbound_id, claimed_until=lease, status=status, next_attempt_at=T0, last_error=None,
+            provider_id=provider_id, at=T0 + timedelta(minutes=4)))
+
+    assert await finish(first_lease, OutboundStatus.PENDING) is False  # its lease ran out and was taken over
+    await store.write(lambda tx: tx.count_outbound_attempt(outbound_id, None, T0))
+    assert await finish(second_lease, OutboundStatus.SENT, "p-2") is True
+    row = await store.read(lambda tx: tx.get_outbound(outbound_id))
+    assert (row.status, row.attempts, row.provider_id) == (OutboundStatus.SENT, 2, "p-2")
+    assert await finish(second_lease, OutboundStatus.FAILED) is False  # once recorded, the claim is spent
+
+
 async def test_event_log_is_ordered_and_readable_from_a_position(store):
     async def setup(tx):
         _, case_id = await _customer_and_case(tx)

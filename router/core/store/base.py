@@ -544,6 +544,36 @@ class Tx(abc.ABC):
             at,
         )
 
+    async def finish_claimed_outbound(
+        self,
+        outbound_id: int,
+        *,
+        claimed_until: datetime,
+        status: OutboundStatus,
+        next_attempt_at: datetime,
+        last_error: str | None,
+        provider_id: str | None,
+        at: datetime,
+    ) -> bool:
+        """Record an attempt made under the claim that set `claimed_until`, if that claim still holds the row
+        (nobody re-claimed it after the lease ran out, no delivery report decided meanwhile). False otherwise,
+        and nothing is changed: the attempt is only counted (`count_outbound_attempt`). Attempts are counted in
+        the row (`attempts + 1`), so a superseded attempt counted meanwhile is not lost."""
+        found = await self.fetchval(
+            "UPDATE outbox SET status = $3, attempts = attempts + 1, next_attempt_at = $4, last_error = $5, "
+            "provider_id = $6, claimed_until = NULL, updated_at = $7 "
+            "WHERE id = $1 AND status = 'sending' AND claimed_until = $2 RETURNING id",
+            outbound_id, claimed_until, status.value, next_attempt_at, last_error, provider_id, at,
+        )
+        return found is not None
+
+    async def count_outbound_attempt(self, outbound_id: int, provider_id: str | None, at: datetime) -> None:
+        """An attempt whose claim no longer held: counted, its provider id kept if none is known; no status."""
+        await self.execute(
+            "UPDATE outbox SET attempts = attempts + 1, provider_id = COALESCE(provider_id, $2), updated_at = $3 "
+            "WHERE id = $1", outbound_id, provider_id, at,
+        )
+
     async def next_outbound_due(self) -> datetime | None:
         value = await self.fetchval("SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'")
         return datetime.fromisoformat(value) if isinstance(value, str) else value

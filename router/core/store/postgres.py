@@ -167,17 +167,33 @@ class PostgresStore(Store):
         verb = "read" if readonly else "written"
         for attempt in range(RETRIES):
             last = attempt == RETRIES - 1
+            committing = False
             try:
                 async with pool.acquire() as conn:
                     if readonly:
                         async with conn.transaction(isolation="repeatable_read", readonly=True):
                             return await unit(PostgresTx(conn))
-                    async with conn.transaction():
-                        return await unit(PostgresTx(conn))
+                    transaction = conn.transaction()
+                    await transaction.start()
+                    try:
+                        result = await unit(PostgresTx(conn))
+                    except BaseException:
+                        if not conn.is_closed():
+                            await transaction.rollback()
+                        raise
+                    committing = True
+                    await transaction.commit()
+                    return result
             except _RACE:
                 if last:
                     raise
             except _CONNECTION_LOST as exc:
+                if committing:
+                    # The COMMIT went out and no answer came back: it may have been stored. Running the unit
+                    # again could store it twice, so the caller is told, and acknowledges nothing; a client's
+                    # retry is then recognised as the duplicate it may be.
+                    raise StoreUnavailable(f"the connection was lost while committing ({exc}); the write may or "
+                                           "may not have been stored") from exc
                 if last:
                     raise StoreUnavailable(f"the database could not be {verb}: {exc}") from exc
                 log.info("PostgreSQL connection lost (%s); retrying on a fresh one", type(exc).__name__)

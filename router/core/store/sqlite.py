@@ -106,6 +106,13 @@ def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
 
 _UPDATE_SQL: dict[tuple[str, ...], str] = {}
 
+
+def _fail(batch: Sequence[Any], error: Exception) -> None:
+    """Every job of `batch` not answered yet gets `error` (none is left waiting)."""
+    for job in batch:
+        if not job.future.done():
+            job.future.set_exception(error)
+
 # Parameter types sqlite3 binds as they are (subclasses such as str enums go through the slower checks).
 _PLAIN = frozenset({str, int, type(None), float, bytes, bool})
 
@@ -325,12 +332,12 @@ class SqliteStore(Store):
                 batch.append(self._queue.get_nowait())
             try:
                 await self._commit_batch(conn, tx, batch)
+            except asyncio.CancelledError:  # the store is closing: nobody in this batch may wait for ever
+                _fail(batch, StoreUnavailable("the store closed before this write was committed"))
+                raise
             except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
                 log.exception("SQLite write batch of %d failed", len(batch))
-                failure = StoreUnavailable(f"the database could not be written: {exc}")
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(failure)
+                _fail(batch, StoreUnavailable(f"the database could not be written: {exc}"))
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         assert self._executor is not None
@@ -355,6 +362,13 @@ class SqliteStore(Store):
                 conn.execute("SAVEPOINT unit")
                 try:
                     value = await job.unit(tx)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # the writer itself is being stopped
+                    conn.execute("ROLLBACK TO unit")  # a unit that cancelled itself: its own failure
+                    conn.execute("RELEASE unit")
+                    results.append((job, False, StoreUnavailable("the write was cancelled")))
                 except Exception as exc:  # noqa: BLE001 - one unit's failure is its caller's, not the batch's
                     conn.execute("ROLLBACK TO unit")
                     conn.execute("RELEASE unit")
@@ -362,11 +376,19 @@ class SqliteStore(Store):
                 else:
                     conn.execute("RELEASE unit")
                     results.append((job, True, value))
-            await self._in_thread(conn.execute, "COMMIT")
+            try:
+                await self._in_thread(conn.execute, "COMMIT")
+            except BaseException:
+                if not conn.in_transaction:  # cancelled while the COMMIT ran, and it went through: say so
+                    self._resolve(results)
+                raise
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self._resolve(results)
+
+    def _resolve(self, results: list[tuple[_Job, bool, Any]]) -> None:
         self.batches += 1
         self.writes += len(results)
         for job, ok, value in results:

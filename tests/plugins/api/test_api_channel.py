@@ -62,6 +62,8 @@ async def test_concurrent_duplicate_deliveries_store_one_message(http_factory):
         ({**MESSAGE, "sender": {"kind": "phone", "value": "not a number"}}, "sender.value"),
         ({**MESSAGE, "context": {"role": "astronaut"}}, "context.role"),
         ({**MESSAGE, "attachments": [{"filename": "a.png", "content_base64": "***"}]}, "attachments.0.content_base64"),
+        ({**MESSAGE, "context": {"attributes": {"rating": {"score": float("nan")}}}}, "context.attributes"),
+        ({**MESSAGE, "context": {"attributes": {"limits": [1, float("inf")]}}}, "context.attributes"),
         ([1, 2, 3], "(body)"),
     ],
 )
