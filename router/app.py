@@ -83,12 +83,14 @@ class Switchboard:
             await self.hooks.startup(switchboard=self)
             if background:  # jobs start after every plugin's start-up, so they find what it opened
                 for job in self.hooks.scheduled_jobs(switchboard=self):
+                    # The scheduler runs on real time, whatever clock the deployment reads (a manual clock in the
+                    # past would make APScheduler count every missed second since then). Without run_at_start
+                    # the first run is one interval away: APScheduler's default, which an explicit
+                    # next_run_time=None would not give (it adds the job paused, and it never runs).
+                    first = {"next_run_time": datetime.now(timezone.utc)} if job.run_at_start else {}
                     self.scheduler.add_job(
                         job.func, "interval", seconds=job.every.total_seconds(), id=job.id, kwargs=job.kwargs,
-                        max_instances=1, coalesce=True,
-                        # The scheduler runs on real time, whatever clock the deployment reads (a manual clock
-                        # in the past would make APScheduler count every missed second since then).
-                        next_run_time=datetime.now(timezone.utc) if job.run_at_start else None,
+                        max_instances=1, coalesce=True, **first,
                     )
                 self.scheduler.start()
         except BaseException:

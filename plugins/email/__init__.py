@@ -82,7 +82,9 @@ def switchboard_scheduled_jobs(switchboard):
                          kwargs={"switchboard": switchboard, "name": m.name}) for m in settings.mailboxes]
 
 
-def _wake(switchboard, name: str) -> None:
+async def _wake(switchboard, name: str) -> None:
+    # A coroutine, so that APScheduler runs it on the event loop (a plain function runs in its thread pool,
+    # where setting the mailbox's asyncio.Event is not safe).
     mailbox = (switchboard.stash.get(MAILBOXES) or {}).get(name)
     if mailbox is not None:
         mailbox.wake()

@@ -38,7 +38,15 @@ class MailboxConfig(Model):
     def _move_needs_folder(self) -> "MailboxConfig":
         if self.after_ingest == "move" and not self.move_to:
             raise ValueError("after_ingest is move but move_to names no folder")
+        if self.after_ingest == "move" and _same_folder(self.move_to or "", self.imap.folder):
+            raise ValueError(f"move_to {self.move_to!r} is the folder read ({self.imap.folder!r}): each move would "
+                             "give the mail a new UID and fetch it again; name another folder")
         return self
+
+
+def _same_folder(a: str, b: str) -> bool:
+    """IMAP folder names compare exactly, except INBOX, which is case-insensitive (RFC 3501)."""
+    return a == b or (a.upper() == "INBOX" and b.upper() == "INBOX")
 
 
 class SmtpConfig(Model):

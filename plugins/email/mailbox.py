@@ -24,9 +24,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+SEARCH_WINDOW = 50_000  # UIDs per SEARCH: its answer stays well under imaplib's 1,000,000-byte line limit
+MAX_FETCH_FAILURES = 3  # a message the server fails to return this often is quarantined (headers) and skipped
+
 CHANNEL = "email"
 SEEN = b"\\Seen"
 HEADER_ITEM = b"BODY[HEADER.FIELDS (MESSAGE-ID)]"
+HEADER_ITEM_REQUEST = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"
 MAX_TEXT = 1_000_000
 MAX_ATTACHMENTS = 100
 BODY_BATCH_BYTES = 32 * 1024 * 1024  # one FETCH of bodies asks for at most this much
@@ -137,6 +141,8 @@ class Mailbox:
         self._wake = asyncio.Event()
         self._stopping = False
         self._lock = asyncio.Lock()  # one sync at a time (the poll job and IDLE may both ask)
+        self._fetch_failures: dict[tuple[int, int], int] = {}  # (uidvalidity, uid) -> failed single fetches
+        self._unfetchable_held: set[tuple[int, int]] = set()  # quarantined, skipped until the folder changes
 
     @property
     def state_key(self) -> str:
@@ -148,9 +154,10 @@ class Mailbox:
         while not self._stopping:
             try:
                 await self.connect()
-                delay = 1.0
                 while not self._stopping:
                     await self.sync()
+                    delay = 1.0  # a whole sync went through: the next failure starts the backoff again
+                    self.status.last_error = None
                     await self._wait_for_mail()
             except asyncio.CancelledError:
                 raise
@@ -183,7 +190,6 @@ class Mailbox:
         if self.config.after_ingest == "move" and not await self.session.call(client.folder_exists, self.config.move_to):
             await self.session.call(client.create_folder, self.config.move_to)
         self.status.connected = True
-        self.status.last_error = None
 
     async def _wait_for_mail(self) -> None:
         """Until new mail may be there: IDLE when the server has it, else the poll interval (or a wake-up)."""
@@ -254,20 +260,37 @@ class Mailbox:
             self.status.counts["resyncs"] += 1
             last_uid = 0
         self.status.uidvalidity, self.status.last_uid = uidvalidity, last_uid
-        uids = sorted(u for u in await self.session.call(client.search, ["UID", f"{last_uid + 1}:*"]) if u > last_uid)
         totals: dict[str, int] = defaultdict(int)
-        for start in range(0, len(uids), self.config.batch):
-            chunk = uids[start:start + self.config.batch]
-            for outcome, n in (await self._take(chunk, uidvalidity)).items():
-                totals[outcome] += n
-            await self._save_state(uidvalidity, chunk[-1])
-            self.status.last_uid = chunk[-1]
+        uids: list[int] = []
+        async for window in self._search(client, last_uid, selected.get(b"UIDNEXT")):
+            uids += window
+            for start in range(0, len(window), self.config.batch):
+                chunk = window[start:start + self.config.batch]
+                for outcome, n in (await self._take(chunk, uidvalidity)).items():
+                    totals[outcome] += n
+                await self._save_state(uidvalidity, chunk[-1])
+                self.status.last_uid = chunk[-1]
         if state.get("uidvalidity") != uidvalidity and not uids:
             await self._save_state(uidvalidity, last_uid)
         self.status.last_sync_at = time.time()
         for outcome, n in totals.items():
             self.status.counts[outcome] += n
         return dict(totals)
+
+    async def _search(self, client: Any, last_uid: int, uidnext: Any):
+        """The UIDs after `last_uid`, in windows of SEARCH_WINDOW UIDs up to UIDNEXT: one SEARCH over a large
+        mailbox answers with a line longer than imaplib takes (1,000,000 bytes: about 150,000 UIDs), and the
+        first sync or a resync of such a mailbox would fail every time."""
+        start = last_uid + 1
+        end = int(uidnext) - 1 if uidnext else None
+        while end is None or start <= end:
+            upper = "*" if end is None else str(min(start + SEARCH_WINDOW - 1, end))
+            found = sorted(u for u in await self.session.call(client.search, ["UID", f"{start}:{upper}"]) if u >= start)
+            if found:
+                yield found
+            if end is None:
+                return
+            start += SEARCH_WINDOW
 
     async def _save_state(self, uidvalidity: int, last_uid: int) -> None:
         state = {"uidvalidity": uidvalidity, "last_uid": last_uid}
@@ -277,7 +300,12 @@ class Mailbox:
     async def _take(self, uids: list[int], uidvalidity: int) -> dict[str, int]:
         client = self.session.client
         assert client is not None
-        heads = await self.session.call(client.fetch, uids, ["RFC822.SIZE", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+        counts: dict[str, int] = defaultdict(int)
+        held = [u for u in uids if (uidvalidity, u) in self._unfetchable_held]
+        if held:
+            counts["unfetchable"] += len(held)  # quarantined: the server cannot return them; left where they are
+            uids = [u for u in uids if (uidvalidity, u) not in self._unfetchable_held]
+        heads = await self._fetch(client, uids, ["RFC822.SIZE", HEADER_ITEM_REQUEST], uidvalidity) if uids else {}
         ids: dict[int, str | None] = {}
         sizes: dict[int, int] = {}
         for uid in uids:
@@ -290,7 +318,6 @@ class Mailbox:
             ids[uid] = found[0] if found else None
         known = await self.sb.store.read(
             lambda tx: tx.known_external_ids(CHANNEL, [i for i in ids.values() if i is not None]))
-        counts: dict[str, int] = defaultdict(int)
         done: list[int] = []  # stored or quarantined: the server may now mark or move them
         duplicates: list[tuple[int, str, tuple[int, str]]] = []
         wanted: list[int] = []
@@ -311,8 +338,10 @@ class Mailbox:
         writing: asyncio.Task | None = None
         try:
             for batch in self._body_batches(wanted, sizes):
-                bodies = await self.session.call(client.fetch, batch, ["BODY.PEEK[]"])
-                mails = [(uid, bytes(bodies[uid][b"BODY[]"])) for uid in batch if uid in bodies]
+                bodies = await self._fetch(client, batch, ["BODY.PEEK[]"], uidvalidity, heads)
+                # A body the server answers as NIL: the message was expunged meanwhile; it is gone, not lost.
+                mails = [(uid, bytes(bodies[uid][b"BODY[]"])) for uid in batch
+                         if uid in bodies and bodies[uid].get(b"BODY[]") is not None]
                 # In a thread: a slow mail delays this mailbox only, not the event loop (the API, other mailboxes).
                 parsed = await asyncio.to_thread(self._parse, [raw for _, raw in mails])
                 if writing is not None:
@@ -326,6 +355,40 @@ class Mailbox:
                 await asyncio.gather(writing, return_exceptions=True)
         await self._after_ingest(sorted(done))
         return counts
+
+    async def _fetch(self, client: Any, uids: list[int], items: list[str], uidvalidity: int,
+                     heads: dict[int, Any] | None = None) -> dict[int, Any]:
+        """FETCH `items` of `uids`. One message the server fails to return (a damaged file, a server bug) must
+        not hold up the mailbox: after a failed batch its messages are fetched one at a time, and one that fails
+        MAX_FETCH_FAILURES times is quarantined (with its headers when known) and skipped, left on the server."""
+        suspects = [u for u in uids if (uidvalidity, u) in self._fetch_failures]
+        rest = [u for u in uids if (uidvalidity, u) not in self._fetch_failures]
+        found: dict[int, Any] = {}
+        if rest:
+            try:
+                found.update(await self.session.call(client.fetch, rest, items))
+            except IMAP_ERRORS:
+                for uid in rest:
+                    self._fetch_failures.setdefault((uidvalidity, uid), 0)
+                raise
+        for uid in suspects:
+            key = (uidvalidity, uid)
+            try:
+                found.update(await self.session.call(client.fetch, [uid], items))
+            except IMAP_ERRORS as exc:
+                self._fetch_failures[key] += 1
+                if self._fetch_failures[key] >= MAX_FETCH_FAILURES:
+                    del self._fetch_failures[key]
+                    self._unfetchable_held.add(key)
+                    head = bytes((heads or {}).get(uid, {}).get(HEADER_ITEM) or b"")
+                    await self._quarantine(
+                        uid, uidvalidity, head or f"UID {uid}".encode(),
+                        f"the server failed {MAX_FETCH_FAILURES} times to return this message ({exc}); left on "
+                        f"the server in {self.config.imap.folder}, UID {uid}", unfetchable=True)
+                raise  # the connection may be unusable after this: reconnect; the next sync goes on past it
+            else:
+                self._fetch_failures.pop(key, None)
+        return found
 
     @staticmethod
     def _count(results: list[tuple[int, str]], counts: dict[str, int], done: list[int]) -> None:
@@ -379,7 +442,16 @@ class Mailbox:
             for uid, raw, (message, answers) in items:
                 results.append((uid, await self._ingest_one(uid, uidvalidity, raw, message, answers)))
 
-        await asyncio.gather(*(one_sender(items) for items in by_sender.values()))
+        tasks = [asyncio.ensure_future(one_sender(items)) for items in by_sender.values()]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # One sender's write failed (the store is down): the others stop too, so that nothing of this sync
+            # runs on behind the reconnect (their mails are fetched again and recognised as stored).
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         return results
 
     async def _bounced_recipient(self, message: InboundMessage, outbound_id: int) -> InboundMessage:

@@ -421,3 +421,88 @@ async def test_smtp_refusals_fail_or_retry_visibly(harness_factory, dovecot, smt
     await h.sb.outbox.run_once()
     [row] = await h.read(lambda tx: tx.fetch("SELECT status, last_error FROM outbox"))
     assert row["status"] == status and str(code) in row["last_error"]
+
+
+# -- the server side misbehaving --------------------------------------------------------------------------------------
+async def _sync_until_done(box, attempts=6):
+    """What the mailbox's own loop does: sync, and after a failure reconnect and sync again."""
+    outcomes: dict[str, int] = {}
+    for _ in range(attempts):
+        try:
+            for outcome, n in (await box.sync()).items():
+                outcomes[outcome] = outcomes.get(outcome, 0) + n
+            return outcomes
+        except Exception:  # noqa: BLE001 - as Mailbox.run: an IMAP failure means reconnect and go on
+            await box.session.close()
+            await box.connect()
+    raise AssertionError(f"the mailbox never got past the failure: {outcomes}")
+
+
+async def test_a_message_the_server_cannot_return_is_quarantined_and_the_rest_flows(
+        harness_factory, dovecot, smtp, addresses):
+    import pwd
+
+    user = addresses["posters"]
+    dovecot.append(user, *(mail(message_id=f"u{i}@example.com", body=f"body {i} " * 50) for i in range(3)))
+    h, boxes = await started(harness_factory, email_config(dovecot, smtp.port, {"posters": user}))
+    folder = dovecot.root / "mail" / user
+    [damaged] = sorted((folder / "new").iterdir()) [:1] or sorted((folder / "cur").iterdir())[:1]
+    os.chmod(damaged, 0)  # a file the server can no longer read (a damaged disk, wrong ownership)
+    if os.geteuid() == 0:
+        os.chown(damaged, pwd.getpwnam("root").pw_uid, 0)
+    outcomes = await _sync_until_done(boxes["posters"])
+    stored = [bool(await h.read(lambda tx, i=i: tx.find_message("email", f"u{i}@example.com"))) for i in range(3)]
+    assert stored.count(True) == 2 and outcomes.get("created") == 2, (stored, outcomes)
+    [item] = await h.read(lambda tx: tx.list_quarantine())
+    assert "failed 3 times to return this message" in item["reason"] and item["meta"]["unfetchable"] is True
+    assert await boxes["posters"].sync() in ({}, {"unfetchable": 1})  # later syncs go past it
+    assert len(await h.read(lambda tx: tx.list_quarantine())) == 1
+
+
+async def test_a_large_folder_is_searched_in_windows(harness_factory, dovecot, smtp, addresses, monkeypatch):
+    import plugins.email.mailbox as mailbox_module
+
+    monkeypatch.setattr(mailbox_module, "SEARCH_WINDOW", 2)  # as with 50,000 UIDs a window on a huge folder
+    user = addresses["posters"]
+    dovecot.append(user, *(mail(message_id=f"w{i}@example.com") for i in range(5)))
+    h, boxes = await started(harness_factory, email_config(dovecot, smtp.port, {"posters": user}))
+    assert await boxes["posters"].sync() == {"created": 5}
+    dovecot.append(user, mail(message_id="w5@example.com"))
+    assert await boxes["posters"].sync() == {"created": 1}
+    assert await h.read(lambda tx: tx.fetchval("SELECT COUNT(*) FROM messages WHERE direction = 'in'")) == 6
+
+
+async def test_the_safety_net_poll_syncs_a_mailbox_without_idle(dovecot, smtp, addresses, store_factory):
+    from router.app import Switchboard
+    from router.plugins import build_plugin_manager
+
+    user = addresses["posters"]
+    config = email_config(dovecot, smtp.port, {"posters": user},
+                          posters_options={"idle": False, "poll_interval": "1s"})
+    sb = Switchboard(config, plugin_manager=build_plugin_manager((), entry_points=False), store=await store_factory(),
+                     clock=ManualClock(MONDAY))
+    await sb.start()  # in the background, as `switchboard run`: the mailbox's task and the poll job
+    try:
+        await asyncio.sleep(1.5)  # the first sync ran at start; the mail comes after it
+        dovecot.append(user, mail(message_id="poll1@example.com"))
+        for _ in range(60):  # the mailbox waits on its own for its poll interval too: the job is what wakes it
+            if await sb.store.read(lambda tx: tx.find_message("email", "poll1@example.com")):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the poll never synced the mailbox")
+        jobs = {job.id: job.next_run_time for job in sb.scheduler.get_jobs()}
+        assert jobs["email-poll-posters"] is not None  # scheduled, not paused
+    finally:
+        await sb.stop()
+
+
+def test_moving_mail_into_the_folder_it_is_read_from_is_refused(dovecot):
+    from router.config import ConfigError
+
+    from plugins.email import settings_of
+
+    config = email_config(dovecot, None, {"posters": "p@taskly.example"},
+                          posters_options={"after_ingest": "move", "move_to": "inbox"})
+    with pytest.raises(ConfigError, match="is the folder read"):
+        settings_of(config)
