@@ -224,8 +224,16 @@ class Mailbox:
             seen = False
             try:
                 until = min(time.monotonic() + window, deadline)
+                instant = 0  # answers with nothing in them, at once: imapclient's sign of a closed socket
                 while not seen and not self._stopping and not self._wake.is_set() and time.monotonic() < until:
-                    seen = _announces_mail(client.idle_check(timeout=0.5))
+                    asked = time.monotonic()
+                    responses = client.idle_check(timeout=0.5)
+                    if any(r and r[0] == b"BYE" for r in responses):
+                        raise ConnectionError(f"the IMAP server ended the session during IDLE: {responses}")
+                    instant = instant + 1 if not responses and time.monotonic() - asked < 0.05 else 0
+                    if instant >= 3:  # (it swallows EOF and returns []; polling on would spin a core)
+                        raise ConnectionError("the IMAP connection closed during IDLE")
+                    seen = _announces_mail(responses)
             finally:
                 _, responses = client.idle_done()
             if seen or _announces_mail(responses) or _pending_exists(client):
