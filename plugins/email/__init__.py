@@ -62,12 +62,23 @@ def switchboard_startup(switchboard):
                                     for name, m in mailboxes.items()]
 
 
+STOP_GRACE = 2.0  # seconds a mailbox gets to finish on its own when the server stops
+
+
 @hookimpl
 async def switchboard_shutdown(switchboard):
     mailboxes = switchboard.stash.pop(MAILBOXES) or {}
     for mailbox in mailboxes.values():
         await mailbox.stop()
-    for task in switchboard.stash.pop(TASKS) or []:
+    tasks = switchboard.stash.pop(TASKS) or []
+    if tasks:
+        # Each mailbox leaves IDLE or finishes its sync on its own within a moment; one still blocked on a
+        # slow server after that is cut off, so that stopping never waits on a server.
+        _, slow = await asyncio.wait(tasks, timeout=STOP_GRACE)
+        if slow:
+            for mailbox in mailboxes.values():
+                mailbox.session.interrupt()
+    for task in tasks:
         await cancel_and_wait(task)
     for mailbox in mailboxes.values():
         await mailbox.session.close()

@@ -59,6 +59,17 @@ class ImapSession:
         if client is not None:
             await self.call(_quietly, client.logout)
 
+    def interrupt(self) -> None:
+        """End a call blocked on a slow or stalled server now (from any thread): its socket is shut down, so the
+        read in progress fails at once instead of after the server's next byte or the timeout."""
+        client = self.client
+        if client is None:
+            return
+        try:
+            client.socket().shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
     def shutdown(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
 

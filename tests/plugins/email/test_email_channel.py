@@ -506,3 +506,27 @@ def test_moving_mail_into_the_folder_it_is_read_from_is_refused(dovecot):
                           posters_options={"after_ingest": "move", "move_to": "inbox"})
     with pytest.raises(ConfigError, match="is the folder read"):
         settings_of(config)
+
+
+async def test_stopping_does_not_wait_on_a_server_that_trickles(dovecot, smtp, addresses, store_factory):
+    from router.app import Switchboard
+    from router.plugins import build_plugin_manager
+    from tests.plugins.email.trickling_imap import TricklingImap
+
+    server = TricklingImap(every=2.0)  # one byte of the FETCH answer every 2 s: each read beats the 3 s timeout
+    user = addresses["posters"]
+    imap = {**dovecot.imap_settings(user), "port": server.port, "security": "none", "timeout": "3s"}
+    config = email_config(dovecot, smtp.port, {"posters": user}, posters_options={"imap": imap})
+    sb = Switchboard(config, plugin_manager=build_plugin_manager((), entry_points=False), store=await store_factory(),
+                     clock=ManualClock(MONDAY))
+    await sb.start()
+    try:
+        for _ in range(100):
+            if server.fetching.is_set():
+                break
+            await asyncio.sleep(0.05)
+        assert server.fetching.is_set(), "the mailbox never fetched"
+        # A hang detector, not a timing target: the fetch would go on for half an hour.
+        await asyncio.wait_for(sb.stop(), 20)
+    finally:
+        server.close()
