@@ -202,3 +202,9 @@ def test_a_misspelt_channel_is_reported(tmp_path):
                                     "      route: {team: general}\n  default: {team: general}\n")
     found = unknown_channels(load_config(tmp_path), {"api", "email"})
     assert found == {"emial": ["routing.yaml: routing.rules[0].when.channel"]}
+
+
+def test_yaml_anchors_and_merge_keys_still_work(tmp_path):
+    write(tmp_path, "switchboard.yaml", "teams:\n  general: &team {tier: L1}\n  billing:\n    <<: *team\n    tier: L2\n")
+    config = load_config(tmp_path)
+    assert config.teams["general"].tier == "L1" and config.teams["billing"].tier == "L2"

@@ -21,6 +21,19 @@ TIMESTAMP_HEADER = "X-Switchboard-Timestamp"
 MAX_ANSWER_BYTES = 65536  # of a webhook's answer: enough for any JSON with an id, bounded against a huge body
 
 
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body up to `limit` bytes, however many chunks it comes in (read(n) returns what has arrived)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """`sha256=<hex>` of HMAC-SHA256 over `<timestamp>.<body>`: the body cannot be altered or replayed later."""
     mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
@@ -79,7 +92,7 @@ async def post_webhook(
             webhook.url, data=body, headers=headers,
             timeout=aiohttp.ClientTimeout(total=webhook.timeout.total_seconds()), allow_redirects=False,
         ) as response:
-            raw = await response.content.read(MAX_ANSWER_BYTES)  # what an answer may say; the rest is not read
+            raw = await _read_at_most(response, MAX_ANSWER_BYTES)  # what an answer may say; the rest is not read
             if 200 <= response.status < 300:
                 provider_id = None
                 if response.content_type == "application/json":

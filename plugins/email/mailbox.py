@@ -141,7 +141,8 @@ class Mailbox:
         self._wake = asyncio.Event()
         self._stopping = False
         self._lock = asyncio.Lock()  # one sync at a time (the poll job and IDLE may both ask)
-        self._fetch_failures: dict[tuple[int, int], int] = {}  # (uidvalidity, uid) -> failed single fetches
+        # (uidvalidity, uid, what was fetched: head or body) -> failed single fetches
+        self._fetch_failures: dict[tuple[int, int, str], int] = {}
         self._unfetchable_held: set[tuple[int, int]] = set()  # quarantined, skipped until the folder changes
 
     @property
@@ -278,7 +279,13 @@ class Mailbox:
                     totals[outcome] += n
                 await self._save_state(uidvalidity, chunk[-1])
                 self.status.last_uid = chunk[-1]
-        if state.get("uidvalidity") != uidvalidity and not uids:
+        done_up_to = int(selected[b"UIDNEXT"]) - 1 if selected.get(b"UIDNEXT") else None
+        if done_up_to is not None and done_up_to > self.status.last_uid:
+            # Everything below UIDNEXT was looked at: remember it, so that an empty stretch of UIDs (mail moved
+            # away) is not searched again on every sync.
+            await self._save_state(uidvalidity, done_up_to)
+            self.status.last_uid = done_up_to
+        elif state.get("uidvalidity") != uidvalidity and not uids:
             await self._save_state(uidvalidity, last_uid)
         self.status.last_sync_at = time.time()
         for outcome, n in totals.items():
@@ -313,7 +320,8 @@ class Mailbox:
         if held:
             counts["unfetchable"] += len(held)  # quarantined: the server cannot return them; left where they are
             uids = [u for u in uids if (uidvalidity, u) not in self._unfetchable_held]
-        heads = await self._fetch(client, uids, ["RFC822.SIZE", HEADER_ITEM_REQUEST], uidvalidity) if uids else {}
+        heads = (await self._fetch(client, uids, ["RFC822.SIZE", HEADER_ITEM_REQUEST], uidvalidity, what="head")
+                 if uids else {})
         ids: dict[int, str | None] = {}
         sizes: dict[int, int] = {}
         for uid in uids:
@@ -346,7 +354,7 @@ class Mailbox:
         writing: asyncio.Task | None = None
         try:
             for batch in self._body_batches(wanted, sizes):
-                bodies = await self._fetch(client, batch, ["BODY.PEEK[]"], uidvalidity, heads)
+                bodies = await self._fetch(client, batch, ["BODY.PEEK[]"], uidvalidity, heads, what="body")
                 # A body the server answers as NIL: the message was expunged meanwhile; it is gone, not lost.
                 mails = [(uid, bytes(bodies[uid][b"BODY[]"])) for uid in batch
                          if uid in bodies and bodies[uid].get(b"BODY[]") is not None]
@@ -365,34 +373,36 @@ class Mailbox:
         return counts
 
     async def _fetch(self, client: Any, uids: list[int], items: list[str], uidvalidity: int,
-                     heads: dict[int, Any] | None = None) -> dict[int, Any]:
+                     heads: dict[int, Any] | None = None, *, what: str) -> dict[int, Any]:
         """FETCH `items` of `uids`. One message the server fails to return (a damaged file, a server bug) must
         not hold up the mailbox: after a failed batch its messages are fetched one at a time, and one that fails
         MAX_FETCH_FAILURES times is quarantined (with its headers when known) and skipped, left on the server."""
-        suspects = [u for u in uids if (uidvalidity, u) in self._fetch_failures]
-        rest = [u for u in uids if (uidvalidity, u) not in self._fetch_failures]
+        suspects = [u for u in uids if (uidvalidity, u, what) in self._fetch_failures]
+        rest = [u for u in uids if (uidvalidity, u, what) not in self._fetch_failures]
         found: dict[int, Any] = {}
         if rest:
             try:
                 found.update(await self.session.call(client.fetch, rest, items))
             except IMAP_ERRORS:
                 for uid in rest:
-                    self._fetch_failures.setdefault((uidvalidity, uid), 0)
+                    self._fetch_failures.setdefault((uidvalidity, uid, what), 0)
                 raise
         for uid in suspects:
-            key = (uidvalidity, uid)
+            key = (uidvalidity, uid, what)
             try:
                 found.update(await self.session.call(client.fetch, [uid], items))
             except IMAP_ERRORS as exc:
                 self._fetch_failures[key] += 1
                 if self._fetch_failures[key] >= MAX_FETCH_FAILURES:
                     del self._fetch_failures[key]
-                    self._unfetchable_held.add(key)
-                    head = bytes((heads or {}).get(uid, {}).get(HEADER_ITEM) or b"")
+                    self._unfetchable_held.add((uidvalidity, uid))
+                    known = (heads or {}).get(uid, {})
                     await self._quarantine(
-                        uid, uidvalidity, head or f"UID {uid}".encode(),
+                        uid, uidvalidity, bytes(known.get(HEADER_ITEM) or b""),
                         f"the server failed {MAX_FETCH_FAILURES} times to return this message ({exc}); left on "
-                        f"the server in {self.config.imap.folder}, UID {uid}", unfetchable=True)
+                        f"the server in {self.config.imap.folder}, UID {uid}",
+                        key_extra=f"{known.get(b'RFC822.SIZE')}" if known else f"UID {uidvalidity}/{uid}",
+                        unfetchable=True)
                 raise  # the connection may be unusable after this: reconnect; the next sync goes on past it
             else:
                 self._fetch_failures.pop(key, None)
@@ -499,12 +509,16 @@ class Mailbox:
                                           uidvalidity)
         return "bounce" if bounce else result.outcome.value
 
-    async def _quarantine(self, uid: int, uidvalidity: int, raw: bytes, reason: str, **meta: Any) -> None:
+    async def _quarantine(self, uid: int, uidvalidity: int, raw: bytes, reason: str, *, key_extra: str = "",
+                          **meta: Any) -> None:
         # Keyed by content, not by UID: after a UIDVALIDITY change (the folder rebuilt) or a second delivery of
-        # the same bytes, the mail is fetched again under another UID and must stay one entry.
+        # the same bytes, the mail is fetched again under another UID and must stay one entry. Entries that
+        # keep only a header add the mail's size, so that two without a Message-ID are two entries (unless they
+        # are also exactly as long).
+        digest = hashlib.sha256(raw + key_extra.encode()).hexdigest()
         await self.sb.quarantine.hold(
             channel=CHANNEL, account=self.config.address,
-            source_key=f"{self.config.name}/sha256:{hashlib.sha256(raw).hexdigest()}",
+            source_key=f"{self.config.name}/sha256:{digest}",
             reason=reason[:1000], raw=raw,
             meta={"mailbox": self.config.name, **meta, **self._source(uid, uidvalidity)},
         )
@@ -515,7 +529,7 @@ class Mailbox:
             uid, uidvalidity, bytes(head.get(HEADER_ITEM) or b""),
             f"message of {size} bytes is over limits.max_message_bytes ({self.settings.limits.max_message_bytes});"
             f" left on the server in {self.config.imap.folder}, UID {uid}",
-            too_large=size,
+            key_extra=f"{size}", too_large=size,
         )
 
     async def _record_duplicates(self, duplicates: list[tuple[int, str, tuple[int, str]]], uidvalidity: int) -> None:

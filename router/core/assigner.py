@@ -349,9 +349,10 @@ class Assigner:
             sla = self._sla_for(case, previous=before["state"].get("sla") if before else None)
             targets = self._targets(case)
             answered = sla.stopped(FIRST_RESPONSE)
-            # From when the customer wrote: the same instant in normal running, the right one when this is
-            # done at start-up for a case routed just before the process stopped.
-            since = min(case.last_inbound_at, now) if case.last_inbound_at else now
+            # From when the case was (re)queued, i.e. routed or reopened (its last update): the same instant in
+            # normal running, the right one at start-up for a case routed just before the process stopped; not
+            # last_inbound_at, which for a case an agent reopens days later lies days back.
+            since = min(case.updated_at, now) if case.updated_at else now
             # A reopened case that was answered before waits for the next response, not a first one.
             sla.start(NEXT_RESPONSE if answered else FIRST_RESPONSE,
                       targets.get(NEXT_RESPONSE if answered else FIRST_RESPONSE), since)
@@ -528,17 +529,17 @@ class Assigner:
 
     async def decline(self, offer_id: int, agent_id: str, reason: str | None = None) -> None:
         async with self._lock:
-            offer = self._offer_for(offer_id, agent_id)
+            offer = self._offer_for(offer_id, agent_id, accepting=False)
             await self._close_offer(offer, "declined", reason or "declined", actor=agent_id)
             await self._drain()
 
-    def _offer_for(self, offer_id: int, agent_id: str) -> Offer:
+    def _offer_for(self, offer_id: int, agent_id: str, *, accepting: bool = True) -> Offer:
         offer = self.offers.get(offer_id)
         if offer is None:
             raise AssignmentError(409, "conflict", f"offer {offer_id} is not pending (taken, declined or expired)")
         if offer.agent_id != agent_id:
             raise AssignmentError(403, "forbidden", f"offer {offer_id} was made to another agent")
-        if self.sb.clock.now() >= offer.expires_at:  # expired; the next tick takes it back and offers it again
+        if accepting and self.sb.clock.now() >= offer.expires_at:  # expired; the next tick takes it back
             raise AssignmentError(409, "conflict", f"offer {offer_id} expired at {offer.expires_at.isoformat()}")
         return offer
 

@@ -349,7 +349,8 @@ async def retry_outbound(request: web.Request) -> web.Response:
     _who, case, work = await readable_case(request, case.ref)
     author = outbound.message_id and await sb.store.read(
         lambda tx: tx.fetchval("SELECT sender FROM messages WHERE id = $1", outbound.message_id))
-    if not (who.is_person and author == who.agent_id):  # whoever wrote a message may send it again
+    if not (who.is_person and who.agent_id and author in (who.agent_id, f"agent:{who.agent_id}")):
+        # whoever wrote a message may send it again (replies are stored as sent by agent:<id>)
         may_act_on(who, holder=work["agent_id"] if work and case.is_open else None, line=case.line, team=case.team,
                    ref=case.ref, what="send a message again on")
     now = sb.clock.now()

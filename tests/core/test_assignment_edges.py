@@ -101,6 +101,7 @@ async def test_an_offer_cannot_be_accepted_after_it_expired(floor_factory):  # n
     with pytest.raises(AssignmentError) as refused:
         await floor.assigner.accept(offer_id, agent_id)
     assert refused.value.status == 409 and "expired" in refused.value.detail
+    await floor.assigner.decline(offer_id, agent_id, "too late anyway")  # declining it is still fine
     await floor.assigner.tick()
     other = floor.holder(ref)
     assert other is not None and other != agent_id
@@ -189,3 +190,16 @@ async def test_a_customer_message_stored_just_before_a_crash_is_timed_from_when_
     assert again.assigner.work_for(ref).sla.due("next_response") == wrote + timedelta(minutes=10)
     await again.advance(seconds=1)
     assert "next_response" in [e.data["clock"] for e in await again.events(ref, "sla.breached")]
+
+
+async def test_a_case_reopened_days_later_is_timed_from_the_reopening(floor_factory):  # noqa: F811
+    floor, ref, _ = await _held_by_anna(floor_factory, "r@example.com")
+    await floor.assigner.finish(floor.assigner.work_for(ref), CaseStatus.RESOLVED, by="anna")
+    floor.clock.advance(timedelta(days=3))
+    reopened_at = floor.clock.now()
+    await floor.assigner.reopen(ref, by="anna", reason="the customer called")
+    await floor.assigner.settle()
+    work = floor.assigner.work_for(ref)
+    assert work.queued_at == reopened_at and work.sla.due("resolution") == reopened_at + timedelta(hours=1)
+    await floor.advance(seconds=1)
+    assert await floor.events(ref, "sla.breached") == []  # not three days late at once

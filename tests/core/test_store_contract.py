@@ -133,14 +133,16 @@ async def test_outbox_claims_are_leased_and_expired_leases_are_reclaimed(store):
     assert reclaimed[0].meta == {"n": 0}
 
 
-async def test_finished_outbound_is_not_claimed_again_and_pending_waits_its_turn(store):
-    async def setup(tx):
-        _, case_id = await _customer_and_case(tx)
-        return await tx.enqueue_outbound(
-            case_id=case_id, message_id=None, channel="api", account="backend",
-            recipient=Identity(kind="email", value="a@b.c"), kind="ack", text="t", subject=None, meta={}, at=T0)
+async def _one_outbound(tx) -> int:
+    """A case with one acknowledgement queued for a@b.c; its outbox id."""
+    _, case_id = await _customer_and_case(tx)
+    return await tx.enqueue_outbound(
+        case_id=case_id, message_id=None, channel="api", account="backend",
+        recipient=Identity(kind="email", value="a@b.c"), kind="ack", text="t", subject=None, meta={}, at=T0)
 
-    outbound_id = await store.write(setup)
+
+async def test_finished_outbound_is_not_claimed_again_and_pending_waits_its_turn(store):
+    outbound_id = await store.write(_one_outbound)
     retry_at = T0 + timedelta(minutes=10)
     await store.write(lambda tx: tx.finish_outbound(outbound_id, status=OutboundStatus.PENDING, attempts=1,
                                                     next_attempt_at=retry_at, last_error="503", provider_id=None,
@@ -158,13 +160,7 @@ async def test_finished_outbound_is_not_claimed_again_and_pending_waits_its_turn
 
 
 async def test_only_the_claim_that_holds_an_outbound_row_records_its_outcome(store):
-    async def setup(tx):
-        _, case_id = await _customer_and_case(tx)
-        return await tx.enqueue_outbound(
-            case_id=case_id, message_id=None, channel="api", account="backend",
-            recipient=Identity(kind="email", value="a@b.c"), kind="ack", text="t", subject=None, meta={}, at=T0)
-
-    outbound_id = await store.write(setup)
+    outbound_id = await store.write(_one_outbound)
     first_lease, second_lease = T0 + timedelta(minutes=2), T0 + timedelta(minutes=5)
     assert len(await store.write(lambda tx: tx.claim_due_outbound(T0, first_lease, 10))) == 1
     assert len(await store.write(lambda tx: tx.claim_due_outbound(T0 + timedelta(minutes=3), second_lease, 10))) == 1

@@ -376,10 +376,16 @@ class SqliteStore(Store):
                 else:
                     conn.execute("RELEASE unit")
                     results.append((job, True, value))
+            committed: list[bool] = []
+
+            def commit() -> None:
+                conn.execute("COMMIT")
+                committed.append(True)  # reached only when the COMMIT itself succeeded
+
             try:
-                await self._in_thread(conn.execute, "COMMIT")
-            except BaseException:
-                if not conn.in_transaction:  # cancelled while the COMMIT ran, and it went through: say so
+                await self._in_thread(commit)
+            except asyncio.CancelledError:
+                if committed:  # cancelled while the COMMIT ran, and it went through: say so
                     self._resolve(results)
                 raise
         except BaseException:

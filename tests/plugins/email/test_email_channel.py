@@ -530,3 +530,13 @@ async def test_stopping_does_not_wait_on_a_server_that_trickles(dovecot, smtp, a
         await asyncio.wait_for(sb.stop(), 20)
     finally:
         server.close()
+
+
+async def test_oversized_mails_without_a_message_id_are_each_their_own_entry(harness_factory, dovecot, smtp,
+                                                                             addresses):
+    user = addresses["posters"]
+    h, boxes = await started(harness_factory, email_config(dovecot, smtp.port, {"posters": user},
+                                                           limits={"max_message_bytes": 4096}))
+    dovecot.append(user, mail(message_id=None, body="y" * 10_000), mail(message_id=None, body="z" * 12_000))
+    assert await boxes["posters"].sync() == {"too_large": 2}
+    assert len(await h.read(lambda tx: tx.list_quarantine())) == 2
