@@ -169,6 +169,10 @@ def switchboard_reparse(item, switchboard):
         raise ValueError(f"only the headers were kept: the mail ({meta['too_large']} bytes) is still on the server "
                          f"in {meta.get('folder')}, UID {meta.get('uid')}; raise limits.max_message_bytes, then move "
                          "it out of the folder and back (it gets a new UID and is fetched), or forward it")
+    if meta.get("unfetchable"):
+        raise ValueError(f"only the headers were kept: the server could not return this message (still in "
+                         f"{meta.get('folder')}, UID {meta.get('uid')}); repair it on the server, then move it out "
+                         "of the folder and back (it gets a new UID and is fetched again)")
     mailbox = settings.mailbox_for(item["account"])
     if mailbox is None:
         raise ValueError(f"mailbox {item['account']!r} is no longer configured")

@@ -457,6 +457,8 @@ async def test_a_message_the_server_cannot_return_is_quarantined_and_the_rest_fl
     assert "failed 3 times to return this message" in item["reason"] and item["meta"]["unfetchable"] is True
     assert await boxes["posters"].sync() in ({}, {"unfetchable": 1})  # later syncs go past it
     assert len(await h.read(lambda tx: tx.list_quarantine())) == 1
+    again = await h.sb.quarantine.reprocess(item["id"])  # headers alone are no case: it stays held, saying why
+    assert again["status"] == "held" and "server could not return this message" in again["reason"]
 
 
 async def test_a_large_folder_is_searched_in_windows(harness_factory, dovecot, smtp, addresses, monkeypatch):
