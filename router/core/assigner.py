@@ -15,11 +15,12 @@ follows agents' schedules. Every change that can free an agent or widen a case r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from router.core.calendar import BusinessCalendar
 from router.core.model import (
@@ -125,6 +126,18 @@ def _requirement_text(req: Requirement) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(sorted(f"{name}>={level}" if level > 1 else name for name, level in group)) for group in req)
 
 
+
+@contextlib.contextmanager
+def _clocks_back_on_failure(work: "CaseWork", before: dict[str, Any] | None) -> Iterator[None]:
+    """Around the write of a change that moved a case's SLA clocks in memory (stopped, paused, checked): if the
+    write fails, nothing changed, so the clocks go back to `before` and keep running as they were."""
+    try:
+        yield
+    except BaseException:
+        if work.sla is not None and before is not None:
+            work.sla = work.sla.copy(before)
+        raise
+
 class Assigner:
     def __init__(self, switchboard: "Switchboard"):
         self.sb = switchboard
@@ -215,7 +228,7 @@ class Assigner:
     @staticmethod
     def _unanswered(work: CaseWork, wrote: datetime) -> bool:
         """Whether the customer wrote after the last answer while no response clock runs for it."""
-        clocks = work.sla.clocks if work.sla else {}
+        clocks = work.sla.clocks  # the caller has checked that the case has clocks
         if not work.sla.stopped(FIRST_RESPONSE) or (NEXT_RESPONSE in clocks and clocks[NEXT_RESPONSE]["stopped"] is None):
             return False
         answered = max(datetime.fromisoformat(c["stopped"]) for name, c in clocks.items()
@@ -835,12 +848,8 @@ class Assigner:
                 events = await tx.append_events([(case.id, "message.sent", sent), *rows], agent_id, now)
                 return outbound_id, events
 
-            try:
+            with _clocks_back_on_failure(work, sla_before):
                 outbound_id, events = await self.sb.store.write(unit)
-            except BaseException:
-                if work.sla is not None and sla_before is not None:
-                    work.sla = work.sla.copy(sla_before)  # not written: the clocks still run
-                raise
             if status is not None:
                 work.case = dataclasses.replace(work.case, status=status, updated_at=now)
             await self.sb.after_write(events, wake_outbox=bool(outbound_id))
@@ -860,15 +869,11 @@ class Assigner:
             before = work.sla.as_dict() if work.sla else None
             if work.sla:
                 work.sla.pause(now)
-            try:
+            with _clocks_back_on_failure(work, before):
                 await self._persist(work, [(work.case.id, "case.status_changed",
                                             {"from": work.case.status.value,
                                              "to": CaseStatus.WAITING_CUSTOMER.value, "by": agent_id})],
                                     case_changes={"status": CaseStatus.WAITING_CUSTOMER}, actor=agent_id)
-            except BaseException:
-                if work.sla is not None and before is not None:
-                    work.sla = work.sla.copy(before)  # not written: the clocks still run
-                raise
 
     async def finish(self, work: CaseWork, status: CaseStatus, *, by: str, supervisor: bool = False) -> None:
         """Resolve or close: the agent's capacity is freed and the resolution clock stops."""
@@ -900,12 +905,8 @@ class Assigner:
                 await tx.put_case_work(work.case.id, work.agent_id, work.queued_at, finished_state, now)
                 return await tx.append_events(data, by, now)
 
-            try:
+            with _clocks_back_on_failure(work, sla_before):  # not written: the case is open, its clocks run
                 events = await self.sb.store.write(unit)
-            except BaseException:
-                if work.sla is not None and sla_before is not None:
-                    work.sla = work.sla.copy(sla_before)  # not written: the case is open, its clocks still run
-                raise
             self._release(work)
             if offer is not None:
                 self.offers.pop(offer.id, None)
@@ -1224,12 +1225,9 @@ class Assigner:
                 rows.append((work.case.id, "supervisors.notified",
                              {"reason": f"SLA breached on {work.case.ref}", "clocks": data["clocks"]}))
         # A case an agent already holds stays with them; the new tier counts if it goes back to the queue.
-        try:
+        # Not recorded: the warning or breach must be raised again by the next tick, not forgotten.
+        with _clocks_back_on_failure(work, snapshot):
             await self._persist(work, rows, case_changes=changes)
-        except BaseException:
-            # Not recorded: the warning or breach must be raised again by the next tick, not forgotten.
-            work.sla = work.sla.copy(snapshot)
-            raise
         if changes:
             work.explained = None
             self._touch(work.case.id)  # a queued case now needs another tier's agents: look for them now

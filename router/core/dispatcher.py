@@ -79,16 +79,13 @@ class Dispatcher:
             raise
         message = await self.sb.hooks.inbound_received(message=message, switchboard=self.sb)
         # A redelivery is recognised inside the write (the one place that cannot race), not by a read before.
-        if also is None:
-            result = await self.sb.store.write(lambda tx: self._ingest(tx, message))
-        else:
-            async def unit(tx: Tx) -> IngestResult:
-                stored = await self._ingest(tx, message)
-                if stored.outcome is not IngestOutcome.DUPLICATE:
-                    stored.events += await also(tx, stored)
-                return stored
+        async def unit(tx: Tx) -> IngestResult:
+            stored = await self._ingest(tx, message)
+            if also is not None and stored.outcome is not IngestOutcome.DUPLICATE:
+                stored.events += await also(tx, stored)
+            return stored
 
-            result = await self.sb.store.write(unit)
+        result = await self.sb.store.write(unit)
         self.sb.metrics.observe_ingest(message.channel, result.outcome.value, time.perf_counter() - started)
         await self.sb.after_write(result.events, wake_outbox=bool(result.outbound_ids))
         return result

@@ -362,17 +362,15 @@ class SqliteStore(Store):
                 conn.execute("SAVEPOINT unit")
                 try:
                     value = await job.unit(tx)
-                except asyncio.CancelledError:
+                except (asyncio.CancelledError, Exception) as exc:  # noqa: BLE001 - one unit's failure is its own
                     task = asyncio.current_task()
-                    if task is not None and task.cancelling():
+                    if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
                         raise  # the writer itself is being stopped
-                    conn.execute("ROLLBACK TO unit")  # a unit that cancelled itself: its own failure
-                    conn.execute("RELEASE unit")
-                    results.append((job, False, StoreUnavailable("the write was cancelled")))
-                except Exception as exc:  # noqa: BLE001 - one unit's failure is its caller's, not the batch's
                     conn.execute("ROLLBACK TO unit")
                     conn.execute("RELEASE unit")
-                    results.append((job, False, exc))
+                    # A unit that cancelled itself failed, as one that raised did; the batch goes on.
+                    results.append((job, False, StoreUnavailable("the write was cancelled")
+                                    if isinstance(exc, asyncio.CancelledError) else exc))
                 else:
                     conn.execute("RELEASE unit")
                     results.append((job, True, value))
